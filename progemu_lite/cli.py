@@ -12,6 +12,10 @@ import sys
 # One line per area that contributes subcommands.
 COMMAND_MODULES = [
     "progemu_lite.phantom.commands",
+    "progemu_lite.model.train_commands",
+    "progemu_lite.hub_commands",
+    "progemu_lite.tokenization.commands",
+    "progemu_lite.model.commands",
 ]
 
 

@@ -1,0 +1,150 @@
+"""How fast one counterfactual (128x128 follow-up image + interpretation) is generated on CPU.
+
+Measured in one run, lite preset shapes (trained weights with --model, else random weights,
+which the output says):
+
+* seconds per counterfactual at batch 1 through ``ProgEmuPipeline`` (VQ encode of the prior,
+  KV-cached constrained sampling, VQ decode) and generated tokens/s;
+* the naive baseline: the same constrained sampling without the KV cache (the whole sequence
+  recomputed at every step), same prefix and same number of tokens; the ratio is printed;
+* batch-16 throughput (16 counterfactuals in one left-padded batch) against batch 1, for the
+  whole pipeline and for the token generation alone (the VQ encode/decode scales linearly).
+
+Targets: <= 2 s per counterfactual, >= 15x the naive path, batch-16 throughput >= 4x batch 1.
+Random weights never choose EOS on their own, so the interpretation is capped at
+--text-tokens (32 by default: a typical phantom interpretation) to keep runs comparable.
+
+    .venv/bin/python benchmarks/generate_speed.py [--model CHECKPOINT] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from progemu_lite.model.generation import SamplingSettings, generate  # noqa: E402
+from progemu_lite.model.pipeline import ProgEmuPipeline, build_random  # noqa: E402
+
+PROMPT = "The left pleural effusion becomes moderate. No pneumothorax."
+
+
+def best_of(repeats: int, fn):
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="trained lite checkpoint folder")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    parser.add_argument("--text-tokens", type=int, default=32, help="interpretation cap (32)")
+    parser.add_argument("--batch", type=int, default=16, help="batch size for throughput (16)")
+    parser.add_argument("--repeats", type=int, default=3, help="best of N for the fast paths (3)")
+    args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # progress shows up when piped
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    if args.model is not None and (args.model / "progemu.json").is_file():
+        pipe = ProgEmuPipeline.from_pretrained(args.model, preset="lite")
+        weights = f"trained weights from {args.model}"
+    else:
+        pipe = build_random("lite", seed=0)
+        weights = "RANDOM weights (lite preset shapes; no trained checkpoint given)"
+    n_params = sum(p.numel() for n, p in pipe.model.named_parameters() if "vqmodel" not in n)
+    print(
+        f"model: {weights}; decoder {n_params / 1e6:.1f}M parameters, grid {pipe.grid}", flush=True
+    )
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {pipe.device}",
+        flush=True,
+    )
+
+    rng = np.random.default_rng(0)
+    size = pipe.image_size
+    priors = [rng.integers(0, 256, (size, size), dtype=np.uint8) for _ in range(args.batch)]
+    prompts = [PROMPT] * args.batch
+    kwargs = dict(seed=0, max_text_tokens=args.text_tokens)
+
+    pipe(priors[0], PROMPT, **kwargs)  # warm-up (allocations, lazy initialisation)
+    t1, one = best_of(args.repeats, lambda: pipe(priors[0], PROMPT, **kwargs))
+    n_tokens = len(one.token_ids)
+    print(
+        f"batch 1: {t1:.2f} s per counterfactual, {n_tokens} tokens, {n_tokens / t1:.0f} tokens/s"
+    )
+
+    # The naive baseline: same prefix, same constraint, same sampling, no KV cache.
+    codes = pipe.encode_images(priors[0][None])[0]
+    prefix = pipe.builder.prefix_ids(codes, PROMPT)
+    settings = SamplingSettings(**kwargs)
+    t_cached, cached = best_of(
+        args.repeats, lambda: generate(pipe.model, [prefix], pipe.builder.ids, pipe.grid, settings)
+    )
+    t_naive, naive = best_of(
+        1,
+        lambda: generate(
+            pipe.model, [prefix], pipe.builder.ids, pipe.grid, settings, use_cache=False
+        ),
+    )
+    same = torch.equal(cached.sequences, naive.sequences)
+    print(
+        f"tokens only: KV cache {t_cached:.2f} s, naive (no cache) {t_naive:.1f} s: "
+        f"{t_naive / t_cached:.1f}x (pipeline call vs naive: {t_naive / t1:.1f}x); "
+        f"same tokens: {same}"
+    )
+
+    pipe.batch(priors[:2], prompts[:2], batch_size=args.batch, **kwargs)  # warm-up
+    tb, many = best_of(
+        max(1, args.repeats - 1),
+        lambda: pipe.batch(priors, prompts, batch_size=args.batch, **kwargs),
+    )
+    throughput_b, throughput_1 = len(many) / tb, 1 / t1
+    print(
+        f"batch {args.batch}: {tb:.2f} s for {len(many)} counterfactuals = "
+        f"{throughput_b:.2f}/s vs {throughput_1:.2f}/s at batch 1: "
+        f"{throughput_b / throughput_1:.1f}x"
+    )
+    # The same comparison for the token generation alone (no VQ encode/decode).
+    codes_all = pipe.encode_images(np.stack(priors))
+    prefixes = [pipe.builder.prefix_ids(c, PROMPT) for c in codes_all]
+    tgb, _ = best_of(
+        max(1, args.repeats - 1),
+        lambda: generate(pipe.model, prefixes, pipe.builder.ids, pipe.grid, settings),
+    )
+    token_ratio = (len(prefixes) / tgb) / (1 / t_cached)
+    print(
+        f"tokens only, batch {len(prefixes)}: {tgb:.2f} s = {len(prefixes) / tgb:.2f}/s vs "
+        f"{1 / t_cached:.2f}/s at batch 1: {token_ratio:.1f}x"
+    )
+    summary = {
+        "weights": "random" if weights.startswith("RANDOM") else "trained",
+        "threads": torch.get_num_threads(),
+        "seconds_per_counterfactual": round(t1, 3),
+        "tokens": n_tokens,
+        "tokens_per_s": round(n_tokens / t1, 1),
+        "naive_seconds": round(t_naive, 2),
+        "speedup_vs_naive": round(t_naive / t_cached, 1),
+        "pipeline_speedup_vs_naive": round(t_naive / t1, 1),
+        f"batch{args.batch}_throughput_ratio": round(throughput_b / throughput_1, 2),
+        f"batch{args.batch}_token_throughput_ratio": round(token_ratio, 2),
+        "targets": {"seconds": 2.0, "speedup": 15, "batch_ratio": 4},
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

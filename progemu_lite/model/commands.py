@@ -1,0 +1,100 @@
+"""``progemu-lite generate``: one counterfactual follow-up image and interpretation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    gen = subparsers.add_parser(
+        "generate",
+        help="generate a counterfactual follow-up image and its interpretation",
+        description=(
+            "Run a ProgEmu checkpoint on a prior chest X-ray (PNG or DICOM) and a progression "
+            "prompt; save the counterfactual image and print the interpretation."
+        ),
+    )
+    gen.add_argument("--model", required=True, help="checkpoint folder (save_pretrained)")
+    gen.add_argument("--prior", type=Path, required=True, help="prior image: PNG/JPEG or DICOM")
+    gen.add_argument("--prompt", required=True, help='e.g. "The left pleural effusion worsens."')
+    gen.add_argument("--out", type=Path, required=True, metavar="FILE.png", help="output image")
+    gen.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="FILE.json",
+        help="also save interpretation, token ids and probabilities",
+    )
+    gen.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (1.0)")
+    gen.add_argument("--top-k", type=int, default=2048, help="top-k sampling (2048, official)")
+    gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling (off)")
+    gen.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance scale (1 = off; the paper uses 3)",
+    )
+    gen.add_argument(
+        "--max-text-tokens",
+        type=int,
+        default=195,
+        help="cap on the interpretation length in tokens (195)",
+    )
+    gen.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
+    gen.set_defaults(handler=run_generate)
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from progemu_lite.model.pipeline import load
+
+    if args.out.suffix.lower() != ".png":
+        raise ValueError(f"--out must be a .png file, got {args.out}")
+    if not args.prior.is_file():
+        raise FileNotFoundError(f"prior image not found: {args.prior}")
+    pipe = load(args.model)
+    if args.device:
+        pipe.to(args.device)
+    result = pipe(
+        args.prior,
+        args.prompt,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        max_text_tokens=args.max_text_tokens,
+    )
+    _write_atomic(args.out, lambda tmp: Image.fromarray(result.image).save(tmp, format="PNG"))
+    if args.json is not None:
+        record = {
+            "prompt": result.prompt,
+            "interpretation": result.interpretation,
+            "truncated": result.truncated,
+            "token_ids": result.token_ids.tolist(),
+            "token_probabilities": [round(float(p), 6) for p in result.token_probabilities],
+            "settings": result.settings,
+            "model": str(args.model),
+        }
+        _write_atomic(args.json, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+    print(result.interpretation)
+    print(f"saved {args.out}")
+    return 0

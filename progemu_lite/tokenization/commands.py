@@ -1,0 +1,164 @@
+"""``progemu-lite train-vq``: train the VQ image tokenizer on an ICG-CXR-style folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+# Prior and follow-up images of an ICG-CXR pair folder.
+IMAGE_PATTERNS = ("**/*-ref-reg.png", "**/*-flu-reg.png")
+
+
+def find_training_images(root) -> list[Path]:
+    """Every ICG-CXR prior/follow-up PNG under ``root``, sorted (a stable order for seeding)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
+    paths = sorted({p for pattern in IMAGE_PATTERNS for p in root.glob(pattern)})
+    if not paths:
+        raise FileNotFoundError(f"no ICG-CXR images (*-ref-reg.png, *-flu-reg.png) under {root}")
+    return paths
+
+
+def load_training_images(
+    root, image_size: int, limit: int | None = None, progress: bool = True
+) -> np.ndarray:
+    """uint8 ``(N, image_size, image_size)`` grayscale images from an ICG-CXR-style tree,
+    resized (area-averaged) when their side differs; ``limit`` keeps the first N files."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    paths = find_training_images(root)[:limit]
+    out = np.empty((len(paths), image_size, image_size), dtype=np.uint8)
+    for i, path in enumerate(tqdm(paths, desc="loading images", unit="img", disable=not progress)):
+        with Image.open(path) as image:
+            if image.mode != "L":
+                raise ValueError(
+                    f"{path}: expected an 8-bit grayscale PNG (mode 'L'); got mode {image.mode!r}"
+                )
+            if image.width != image.height:
+                raise ValueError(
+                    f"{path}: expected a square image; got {image.width}x{image.height}"
+                )
+            if image.width != image_size:
+                image = image.resize((image_size, image_size), Image.Resampling.BOX)
+            out[i] = np.asarray(image)
+    return out
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser(
+        "train-vq",
+        help="train the VQ image tokenizer (transformers' Emu3VQVAE) on an ICG-CXR-style folder",
+        description=(
+            "Train a VQ image tokenizer from scratch on the *-ref-reg.png / *-flu-reg.png images "
+            "under --data (resized to the preset's size). Writes a save_pretrained folder "
+            "(config.json, model.safetensors), training_state/ for --resume, train_log.json, "
+            "report.json (PSNR, SSIM, codebook usage) and round_trip.png into --out."
+        ),
+    )
+    train.add_argument("--data", type=Path, required=True, help="ICG-CXR-style data folder")
+    train.add_argument(
+        "--preset", choices=("tiny", "lite", "full"), default="lite", help="VQ size (lite)"
+    )
+    train.add_argument("--steps", type=int, required=True, help="total training steps")
+    train.add_argument("--out", type=Path, required=True, help="output folder")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument(
+        "--until",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="stop at this step (checkpointed) and keep the --steps schedule; --resume goes on",
+    )
+    train.add_argument("--batch-size", type=int, default=16, help="images per step (16)")
+    train.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (3e-4)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    train.add_argument(
+        "--checkpoint-every", type=int, default=200, help="steps between checkpoints (200)"
+    )
+    train.add_argument("--max-images", type=int, default=None, help="use only the first N images")
+    train.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is often faster on a busy machine)",
+    )
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(handler=run_train_vq)
+
+
+def run_train_vq(args: argparse.Namespace) -> int:
+    from progemu_lite.cli import CommandError
+    from progemu_lite.tokenization.vq import (
+        IMAGE_SIZES,
+        decode_codes,
+        encode_images,
+        plot_round_trip,
+        vq_report,
+    )
+    from progemu_lite.tokenization.vq_train import STATE_DIR, train_vq
+
+    if args.steps < 1:
+        raise ValueError(f"--steps must be at least 1; got {args.steps}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1; got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
+    # Checked before the (slow) image loading.
+    has_run = (args.out / STATE_DIR).exists()
+    if has_run and not args.resume:
+        raise CommandError(
+            f"{args.out} already holds a VQ training run; pass --resume or a new --out"
+        )
+    if args.resume and not has_run:
+        raise FileNotFoundError(f"--resume: no VQ training checkpoint in {args.out}")
+    paths = find_training_images(args.data)[: args.max_images]
+    images = load_training_images(
+        args.data, IMAGE_SIZES[args.preset], limit=args.max_images, progress=not args.quiet
+    )
+    model, log = train_vq(
+        images,
+        preset=args.preset,
+        steps=args.steps,
+        out=args.out,
+        resume=args.resume,
+        progress=not args.quiet,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        until=args.until,
+    )
+    # Quality on an evenly spread sample of the training images (the tokenizer's job is to
+    # reproduce its data faithfully; generalisation is judged by the model run downstream).
+    sample = np.linspace(0, len(images) - 1, num=min(64, len(images))).round().astype(int)
+    report = vq_report(model, images[sample])
+    report["train_steps"] = len(log["steps"])
+    report["final_loss"] = log["steps"][-1]["loss"] if log["steps"] else None
+    report["restarts"] = log["restarts"]
+    tmp = args.out / ".report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=1))
+    os.replace(tmp, args.out / "report.json")
+    shown = sample[np.linspace(0, len(sample) - 1, num=min(6, len(sample))).round().astype(int)]
+    recons = decode_codes(model, encode_images(model, images[shown]))
+    titles = [paths[i].name.removesuffix(".png") for i in shown]
+    plot_round_trip(
+        images[shown],
+        recons,
+        titles,
+        args.out / "round_trip.png",
+        suptitle=f"VQ {args.preset}: PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.3f}",
+    )
+    print(
+        f"VQ ({args.preset}) saved to {args.out}: PSNR {report['psnr']:.2f} dB, "
+        f"SSIM {report['ssim']:.3f}, codes used {report['used']}/{report['codebook_size']} "
+        f"(perplexity {report['perplexity']:.0f})"
+    )
+    return 0

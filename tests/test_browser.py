@@ -1,0 +1,142 @@
+"""The lesson widgets in a real browser: voila serves lesson 1, Debian's Chromium clicks.
+
+voila runs the notebook in a real kernel and renders its widgets with the real ipywidgets
+JavaScript; Playwright drives /usr/bin/chromium (Debian package ``chromium``). The lesson is
+prepared with its fast settings (papermill ``prepare_only``: parameters injected, nothing run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+LESSON = ROOT / "notebooks" / "01_reading_chest_xrays.ipynb"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"voila exited early:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "api/spec.yaml", timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return  # the server answers
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"voila did not answer on {url}:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def voila_lesson(tmp_path):
+    """URL of lesson 1 served by voila on 127.0.0.1 with its fast settings."""
+    import papermill
+
+    from progemu_lite.widgets.lessons import fast_parameters
+
+    if not CHROMIUM.exists():
+        pytest.fail("Debian chromium is missing: apt-get install -y chromium (.ci/run does it)")
+    notebook = tmp_path / LESSON.name
+    papermill.execute_notebook(
+        str(LESSON), str(notebook), parameters=fast_parameters(LESSON), prepare_only=True
+    )
+    port = _free_port()
+    log = tmp_path / "voila.log"
+    env = {**os.environ, "MPLBACKEND": "Agg", "PROGEMU_HOME": str(tmp_path / "home")}
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "voila",
+                "--no-browser",
+                f"--port={port}",
+                "--Voila.ip=127.0.0.1",
+                "--Voila.port_retries=0",
+                notebook.name,
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_for_http(url, process, log)
+        yield url, log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_findings_gallery_updates_in_chromium(voila_lesson, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, log = voila_lesson
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(url, timeout=180_000)
+            normal = page.locator('img[alt="Simulated normal PA chest radiograph of patient 0"]')
+            normal.wait_for(state="visible", timeout=180_000)
+            finding = page.locator('img[alt^="The same simulated patient with"]')
+            before = finding.get_attribute("src")
+            assert before and before.startswith("data:image/png;base64,")
+
+            page.get_by_role("button", name="New patient").click()
+            page.locator('img[alt="Simulated normal PA chest radiograph of patient 1"]').wait_for(
+                state="visible", timeout=60_000
+            )
+            page.wait_for_function(
+                "before => { const img = document.querySelector("
+                "'img[alt^=\"The same simulated patient with\"]');"
+                " return img && img.src !== before; }",
+                arg=before,
+                timeout=60_000,
+            )
+            after = finding.get_attribute("src")
+            assert after != before
+            # The DICOM viewer rendered too: the de-identified radiograph, windowed.
+            assert page.locator('img[alt^="De-identified adult PA chest radiograph"]').count() == 1
+            finding.scroll_into_view_if_needed()
+            shot = tmp_path / "findings_gallery.png"
+            page.screenshot(path=str(shot), full_page=False)
+            assert shot.stat().st_size > 10_000
+            print(json.dumps({"screenshot": str(shot)}))
+        finally:
+            browser.close()
+    assert "Traceback" not in log.read_text()

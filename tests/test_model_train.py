@@ -1,0 +1,385 @@
+"""`progemu-lite train`: the ProgEmu training loop on accelerate (tiny preset, 64x64 pairs)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from progemu_lite.cli import main as cli_main
+from progemu_lite.data.icgcxr import PairRecord, write_pair
+from progemu_lite.model.train import (
+    TrainConfig,
+    augmentation_rng,
+    encode_pair_cache,
+    load_splits,
+    load_vq,
+    step_indices,
+    train,
+    training_example,
+)
+
+SIDES = ("left", "right")
+SEVERITIES = ("small", "moderate", "large")
+
+
+def _pair_images(index: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth 'chest' and a follow-up with an opaque lower zone on one side: a change the
+    model can learn to associate with the prompt."""
+    yy, xx = np.mgrid[:size, :size]
+    prior = 90 + 40 * np.sin(xx / (4 + index % 3)) + 20 * np.cos(yy / 7)
+    followup = prior.copy()
+    top = size * 5 // 8 - 4 * (index % 3)
+    half = size // 2
+    cols = slice(0, half) if index % 2 == 0 else slice(half, size)
+    followup[top:, cols] = 230
+    return prior.clip(0, 255).astype(np.uint8), followup.clip(0, 255).astype(np.uint8)
+
+
+def write_dataset(root: Path, n_pairs: int, val_every: int = 5) -> Path:
+    for i in range(n_pairs):
+        side, severity = SIDES[i % 2], SEVERITIES[i % 3]
+        record = PairRecord(
+            pair_id=f"p{i:03d}",
+            folder=Path("simulated/pa") / f"s{i:03d}" / f"p{i:03d}",
+            prompt=(
+                f"The {side} pleural effusion becomes {severity}. No pneumothorax. "
+                "Unchanged heart size."
+            ),
+            interpretation=(
+                f"Interval development of {severity} {side} pleural effusion. "
+                "No pneumothorax. Persistent mild cardiomegaly."
+            ),
+            split="val" if i % val_every == val_every - 1 else "train",
+        )
+        write_pair(root, record, *_pair_images(i))
+    return root
+
+
+def save_random_vq(folder: Path, preset: str) -> Path:
+    from progemu_lite.tokenization.vq import build_vq, save_vq
+
+    save_vq(build_vq(preset, seed=0), folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """Simulated ICG-CXR pairs from the phantom generator: 10 patients x 2 pairs at 64x64;
+    seed 4 puts 8 patients in train and 2 in val."""
+    root = tmp_path_factory.mktemp("phantom") / "data"
+    args = ["phantom", "--patients", "10", "--pairs-per-patient", "2", "--size", "64"]
+    assert cli_main([*args, "--out", str(root), "--seed", "4", "--quiet"]) == 0
+    train_records, val_records = load_splits(root)
+    assert (len(train_records), len(val_records)) == (16, 4)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_vq(tmp_path_factory) -> Path:
+    return save_random_vq(tmp_path_factory.mktemp("vq") / "tiny", "tiny")
+
+
+def _config(dataset: Path, vq: Path, out: Path, **overrides) -> TrainConfig:
+    settings = dict(
+        data=dataset,
+        vq=vq,
+        out=out,
+        preset="tiny",
+        steps=8,
+        batch_size=4,
+        eval_every=4,
+        save_every=100,
+        progress=False,
+    )
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def trained_run(dataset, tiny_vq, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "run"
+    config = _config(dataset, tiny_vq, out, steps=40, eval_every=10, save_every=20, lr=2e-3)
+    return train(config)
+
+
+@pytest.mark.slow
+def test_loss_goes_down_and_is_recorded(trained_run):
+    losses = np.asarray(trained_run.train_losses)
+    assert len(losses) == 40 and np.isfinite(losses).all()
+    assert losses[-5:].mean() < 0.75 * losses[:3].mean()
+    val_steps = [step for step, _ in trained_run.val_losses]
+    assert val_steps == [10, 20, 30, 40]
+    assert trained_run.val_losses[-1][1] < trained_run.val_losses[0][1]
+    assert trained_run.tokens_per_second > 0
+
+    state = json.loads((trained_run.out / "trainer_state.json").read_text())
+    assert state["progress"]["step"] == 40
+    assert state["progress"]["train_losses"] == pytest.approx(trained_run.train_losses)
+    kept = sorted(p.name for p in (trained_run.out / "checkpoints").iterdir())
+    assert kept == ["step-0000020", "step-0000040"]  # nothing half-written left beside them
+
+
+@pytest.mark.slow
+def test_loss_curve_png_written(trained_run):
+    from PIL import Image
+
+    assert trained_run.loss_curve.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(trained_run.loss_curve) as image:
+        width, height = image.size
+        pixels = np.asarray(image.convert("RGB"))
+    assert width > 300 and height > 200
+    # Both curves are drawn: matplotlib's default blue (train) and orange (validation).
+    blue = np.all(np.abs(pixels.astype(int) - (31, 119, 180)) < 30, axis=-1).sum()
+    orange = np.all(np.abs(pixels.astype(int) - (255, 127, 14)) < 30, axis=-1).sum()
+    assert blue > 100 and orange > 50
+
+
+@pytest.mark.slow
+def test_output_loads_and_generates(trained_run, dataset):
+    from progemu_lite.model.pipeline import ProgEmuPipeline
+
+    pipe = ProgEmuPipeline.from_pretrained(trained_run.pipeline_dir, preset="tiny")
+    assert pipe.metadata["training"]["step"] == 40
+    record = load_splits(dataset)[1][0]
+    result = pipe(record.prior_path, record.prompt, seed=0, max_text_tokens=12)
+    assert result.image.shape == (64, 64) and result.image.dtype == np.uint8
+    assert result.codes.shape == (8, 8)
+    assert isinstance(result.interpretation, str)
+    # The checkpoint's pipeline folder loads too.
+    mid = ProgEmuPipeline.from_pretrained(trained_run.out / "checkpoints/step-0000020/pipeline")
+    assert mid.metadata["training"]["step"] == 20
+
+
+@pytest.mark.slow
+def test_resume_matches_uninterrupted_run(dataset, tiny_vq, tmp_path):
+    import safetensors.torch
+
+    whole = train(_config(dataset, tiny_vq, tmp_path / "whole"))
+    first = train(_config(dataset, tiny_vq, tmp_path / "split", until=3))
+    assert first.step == 3 and first.pipeline_dir is None
+    cache_mtime = first.cache_path.stat().st_mtime_ns
+    rest = train(_config(dataset, tiny_vq, tmp_path / "split", resume=True))
+
+    assert rest.train_losses == whole.train_losses  # bit for bit
+    assert rest.val_losses == whole.val_losses
+    a = safetensors.torch.load_file(whole.pipeline_dir / "model.safetensors")
+    b = safetensors.torch.load_file(rest.pipeline_dir / "model.safetensors")
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+    # The resumed session read the image codes back instead of encoding again.
+    assert rest.cache_reused and not first.cache_reused
+    assert rest.cache_path == first.cache_path
+    assert rest.cache_path.stat().st_mtime_ns == cache_mtime
+
+
+def test_code_cache_reused_then_invalidated(tmp_path, tiny_vq):
+    from progemu_lite.tokenization.vq import encode_images
+
+    root = write_dataset(tmp_path / "data", 4)
+    records = sorted(load_splits(root)[0] + load_splits(root)[1], key=lambda r: r.pair_id)
+    vq = load_vq(tiny_vq, "tiny")
+    codes, path, reused = encode_pair_cache(root, records, vq, 64, tmp_path / "cache")
+    assert not reused and codes.shape == (4, 2, 8, 8)
+    expected = encode_images(vq, np.stack(_pair_images(0)))
+    assert np.array_equal(codes[0], expected)
+
+    again, path2, reused2 = encode_pair_cache(root, records, vq, 64, tmp_path / "cache")
+    assert reused2 and path2 == path and np.array_equal(again, codes)
+
+    # A changed image is a different cache (and the old one is not trusted).
+    prior, _ = _pair_images(3)
+    from PIL import Image
+
+    Image.fromarray(255 - prior).save(records[0].prior_path)
+    changed, path3, reused3 = encode_pair_cache(root, records, vq, 64, tmp_path / "cache")
+    assert not reused3 and path3 != path
+    assert not np.array_equal(changed[0, 0], codes[0, 0])
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "cache").iterdir())
+
+
+def test_augmentations_follow_official_probabilities(tmp_path):
+    from progemu_lite.model.train import PairCodes
+    from progemu_lite.tokenization.sequence import SequenceBuilder
+    from progemu_lite.tokenization.text import train_text_tokenizer
+
+    prompt = "The left pleural effusion becomes moderate. No pneumothorax. Unchanged heart size."
+    interpretation = "Moderate left pleural effusion. No pneumothorax."
+    tokenizer = train_text_tokenizer([prompt, interpretation] * 3, codebook_size=16)
+    builder = SequenceBuilder(tokenizer)
+    grid = np.arange(12).reshape(3, 4) % 16
+    pair = PairCodes("p", grid, grid[::-1], prompt, interpretation)
+    plain_ids, _ = training_example(pair, builder, None)
+    assert np.array_equal(
+        plain_ids, builder.training_ids(grid, prompt, grid[::-1], interpretation)[0]
+    )
+    interpretation_ids = builder.encode_text(interpretation).tolist()
+
+    n, null, dropped, reordered = 4000, 0, 0, 0
+    for index in range(n):
+        ids, labels = training_example(pair, builder, augmentation_rng(7, index // 100, index))
+        assert np.array_equal(ids, labels)
+        # The interpretation is never augmented (the official code only touches the prompt).
+        assert ids[-len(interpretation_ids) - 1 : -1].tolist() == interpretation_ids
+        image_starts = np.flatnonzero(ids == builder.ids.boi)
+        if len(image_starts) == 1:  # the null condition: no prior image, no prompt
+            assert ids[1] == builder.ids.boi
+            null += 1
+            continue
+        text = builder.decode_text(ids[len(builder.image_ids(grid)) + 1 : image_starts[1]])
+        sentences = [s.strip(". ") for s in text.split(". ")]
+        if len(sentences) < 3:
+            dropped += 1
+        elif text != prompt:
+            reordered += 1
+    # Binomial bounds at about 3.5 standard deviations around the official rates.
+    assert 0.0045 * n <= null <= 0.0155 * n  # p = 0.01
+    assert 0.036 * n <= dropped <= 0.064 * n  # p = 0.05 (each prompt has a "No ..." sentence)
+    assert 0.026 * n <= reordered <= 0.055 * n  # p = 0.05 x (1 - 1/3!) x 0.95
+
+    # Seeded: the same (seed, epoch, pair) augments the same way; another epoch differs.
+    def run(seed, epoch):
+        return [
+            training_example(pair, builder, augmentation_rng(seed, epoch, i))[0] for i in range(300)
+        ]
+
+    assert all(np.array_equal(a, b) for a, b in zip(run(1, 0), run(1, 0), strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(run(1, 0), run(1, 1), strict=True))
+
+
+def test_step_indices_cover_each_epoch_without_repeats():
+    n, batch, seed = 10, 3, 0
+    steps_per_epoch = n // batch
+    for epoch in range(3):
+        seen = np.concatenate(
+            [step_indices(epoch * steps_per_epoch + s, n, batch, seed)[1] for s in range(3)]
+        )
+        assert len(seen) == 9 and len(set(seen.tolist())) == 9
+    assert step_indices(4, n, batch, seed)[0] == 1
+    assert np.array_equal(step_indices(4, n, batch, seed)[1], step_indices(4, n, batch, seed)[1])
+    assert not np.array_equal(
+        step_indices(0, n, batch, seed)[1], step_indices(3, n, batch, seed)[1]
+    )
+
+
+def _cli(capsys, *args) -> tuple[int, str]:
+    code = cli_main(["train", *map(str, args), "--quiet"])
+    return code, capsys.readouterr().err
+
+
+def test_bad_input_gives_clear_errors(tmp_path, capsys, dataset, tiny_vq):
+    out = tmp_path / "run"
+    base = ("--preset", "tiny", "--steps", "2", "--batch-size", "2")
+
+    code, err = _cli(capsys, "--data", tmp_path / "nowhere", "--vq", tiny_vq, "--out", out, *base)
+    assert code == 2 and "nowhere" in err and "does not exist" in err
+
+    only_val = write_dataset(tmp_path / "valonly", 2, val_every=1)
+    code, err = _cli(capsys, "--data", only_val, "--vq", tiny_vq, "--out", out, *base)
+    assert code == 2 and "no training pairs" in err and "val" in err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = _cli(capsys, "--data", empty, "--vq", tiny_vq, "--out", out, *base)
+    assert code == 2 and "no training pairs" in err
+
+    lite_vq = save_random_vq(tmp_path / "vq-lite", "lite")
+    code, err = _cli(capsys, "--data", dataset, "--vq", lite_vq, "--out", out, *base)
+    assert code == 2 and "does not fit preset 'tiny'" in err and "codebook_size" in err
+
+    code, err = _cli(capsys, "--data", dataset, "--vq", tmp_path / "novq", "--out", out, *base)
+    assert code == 2 and "novq" in err
+
+    code, err = _cli(capsys, "--data", dataset, "--vq", tiny_vq, "--out", out, *base, "--resume")
+    assert code == 2 and "no checkpoint" in err
+    assert not (out / "checkpoints").exists()
+
+    code, err = _cli(
+        capsys, "--data", dataset, "--vq", tiny_vq, "--out", out, *base[:4], "--batch-size", "64"
+    )
+    assert code == 2 and "fewer than one global batch" in err
+
+
+@pytest.mark.slow
+def test_cli_trains_and_refuses_to_overwrite(tmp_path, capsys, dataset, tiny_vq):
+    out = tmp_path / "run"
+    args = ("--data", dataset, "--vq", tiny_vq, "--out", out, "--preset", "tiny")
+    args += ("--steps", "3", "--batch-size", "2", "--eval-every", "3", "--save-every", "3")
+    assert cli_main(["train", *map(str, args), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "tokens/s" in printed and "trained 3/3 steps" in printed
+    assert (out / "pipeline" / "progemu.json").is_file()
+    assert (out / "loss_curve.png").is_file()
+    before = os.stat(out / "pipeline" / "model.safetensors").st_mtime_ns
+
+    code, err = _cli(capsys, *args)
+    assert code == 2 and "already holds a training run" in err
+    assert os.stat(out / "pipeline" / "model.safetensors").st_mtime_ns == before
+
+    code, err = _cli(capsys, *args[:-4], "--batch-size", "4", "--save-every", "3", "--resume")
+    assert code == 2 and "differs from the checkpoint" in err and "batch_size" in err
+
+
+@pytest.mark.slow
+def test_vq_from_a_train_vq_run_or_its_checkpoint(tmp_path):
+    import torch
+
+    from progemu_lite.tokenization.vq_train import train_vq
+
+    images = np.stack([img for i in range(4) for img in _pair_images(i)])
+    run = tmp_path / "vq-run"
+    train_vq(images, preset="tiny", steps=2, out=run, progress=False, batch_size=4)
+    finished = load_vq(run, "tiny")
+    assert not finished.training and not any(p.requires_grad for p in finished.parameters())
+    # The checkpoint of an unfinished run (only training_state/) loads to the same weights.
+    state_only = load_vq(run / "training_state", "tiny")
+    pairs = zip(finished.state_dict().items(), state_only.state_dict().values(), strict=True)
+    for (name, a), b in pairs:
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="does not fit preset 'lite'"):
+        load_vq(run / "training_state", "lite")
+    with pytest.raises(ValueError, match="does not fit preset 'lite'"):
+        load_vq(run, "lite")
+    with pytest.raises(FileNotFoundError, match="not a VQ tokenizer folder"):
+        load_vq(tmp_path, "tiny")
+
+
+@pytest.mark.slow
+def test_two_processes_share_each_step(dataset, tiny_vq, tmp_path):
+    """Two CPU processes (torch.distributed, gloo) split each global batch between them."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["-m", "progemu_lite.cli", "train", "--data", str(dataset), "--vq", str(tiny_vq)]
+    command += ["--out", str(out), "--preset", "tiny", "--steps", "2", "--batch-size", "2"]
+    command += ["--eval-every", "2", "--save-every", "2", "--quiet"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained 2/2 steps") == 1  # only the main process reports
+
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["run"]["world_size"] == 2
+    single = train(_config(dataset, tiny_vq, tmp_path / "single", steps=2, batch_size=4))
+    # Same global batch of 4 pairs per step: the same tokens, nearly the same first loss (the
+    # two processes average per-process means rather than all tokens at once).
+    single_state = json.loads((tmp_path / "single" / "trainer_state.json").read_text())
+    assert state["progress"]["tokens"] == single_state["progress"]["tokens"]
+    assert state["progress"]["train_losses"][0] == pytest.approx(single.train_losses[0], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_init_from_a_trained_pipeline_continues_learning(trained_run, dataset, tiny_vq, tmp_path):
+    config = _config(dataset, None, tmp_path / "finetune", init=trained_run.pipeline_dir, steps=2)
+    result = train(config)
+    # Starts where the trained model was, far below a fresh model's first loss.
+    assert result.train_losses[0] < 0.8 * trained_run.train_losses[0]
+    assert abs(result.train_losses[0] - trained_run.train_losses[-1]) < 0.5
+    with pytest.raises(ValueError, match="not both"):
+        train(_config(dataset, tiny_vq, tmp_path / "both", init=trained_run.pipeline_dir))
+    with pytest.raises(ValueError, match="is preset 'tiny', expected 'lite'"):
+        train(_config(dataset, None, tmp_path / "x", init=trained_run.pipeline_dir, preset="lite"))
