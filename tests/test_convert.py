@@ -133,6 +133,35 @@ def test_vocabulary_map_and_tokenizer_keep_original_ids(converted):
     assert len(tokenizer(" pleural effusion")["input_ids"]) < len(" pleural effusion")
 
 
+def test_sequence_builder_reads_the_original_id_layout(converted):
+    """The converted tokenizer keeps BAAI's ids (specials after the text, no ``<image>``);
+    the ProgEmu sequence code must build and parse sequences with it all the same."""
+    fixture, dst, _, _ = converted
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from progemu_lite.tokenization.sequence import SequenceBuilder
+    from progemu_lite.tokenization.text import TokenIds
+
+    specials = fixture["specials"]
+    ids = TokenIds.from_tokenizer(AutoTokenizer.from_pretrained(dst))
+    assert ids.bos == specials["<|extra_203|>"]
+    assert ids.eol == specials["<|extra_200|>"]
+    assert ids.visual_offset == specials["<|visual token 000000|>"]
+    assert ids.text_vocab_size == specials["<|endoftext|>"]
+    assert ids.placeholder is None
+
+    builder = SequenceBuilder(AutoTokenizer.from_pretrained(dst))
+    prior = np.arange(6).reshape(2, 3) % ids.codebook_size
+    followup = (prior + 1) % ids.codebook_size
+    input_ids, _ = builder.training_ids(prior, "left effusion", followup, "It grew.")
+    assert input_ids[0] == ids.bos and input_ids[-1] == ids.eos
+    prefix = builder.prefix_ids(prior, "left effusion", grid=(2, 3))
+    parsed = builder.parse_generated(input_ids[len(prefix) :], (2, 3))
+    assert np.array_equal(parsed.codes, followup)
+    assert parsed.text.strip() == "It grew."
+
+
 TEXTS = [
     "The left pleural effusion is larger.",
     "Unchanged small bilateral pleural effusions; new RLL opacity (pneumonia?) 12 cm.\n\nOK",

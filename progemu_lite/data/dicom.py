@@ -20,7 +20,6 @@ import contextlib
 import datetime as dt
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
+
+from ..files import atomic_write
 
 DX_FOR_PRESENTATION = UID(
     "1.2.840.10008.5.1.4.1.1.1.1"
@@ -381,29 +382,11 @@ def read_radiograph(
 # Writing
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_dataset_atomic(ds: Dataset, path: str | os.PathLike) -> Path:
     """Write ``ds`` as a DICOM Part 10 file via a temporary name in the same folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            ds.save_as(out, enforce_file_format=True)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, 0o666 & ~_current_umask())  # mkstemp makes 0600; use the usual mode
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    return path
+    return atomic_write(
+        path, lambda temporary: ds.save_as(temporary, enforce_file_format=True), suffix=".tmp"
+    )
 
 
 def _dicom_date(value: dt.date | str, what: str) -> str:

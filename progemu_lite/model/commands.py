@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 from pathlib import Path
+
+from progemu_lite.files import atomic_write, atomic_write_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +17,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "prompt; save the counterfactual image and print the interpretation."
         ),
     )
-    gen.add_argument("--model", required=True, help="checkpoint folder (save_pretrained)")
+    gen.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint: a folder, a registry name (lite, progemu), a hub id or a URL",
+    )
     gen.add_argument("--prior", type=Path, required=True, help="prior image: PNG/JPEG or DICOM")
     gen.add_argument("--prompt", required=True, help='e.g. "The left pleural effusion worsens."')
     gen.add_argument("--out", type=Path, required=True, metavar="FILE.png", help="output image")
@@ -45,20 +48,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=195,
         help="cap on the interpretation length in tokens (195)",
     )
-    gen.add_argument("--device", default=None, help="torch device, e.g. cuda (default: cpu)")
+    gen.add_argument(
+        "--device", default=None, help="torch device, e.g. cuda (default: cuda for the full model)"
+    )
+    gen.add_argument(
+        "--force",
+        action="store_true",
+        help="load the full 8B model even on a CPU (needs ~35 GB of memory and hours)",
+    )
     gen.set_defaults(handler=run_generate)
-
-
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -70,9 +68,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must be a .png file, got {args.out}")
     if not args.prior.is_file():
         raise FileNotFoundError(f"prior image not found: {args.prior}")
-    pipe = load(args.model)
-    if args.device:
-        pipe.to(args.device)
+    pipe = load(args.model, device=args.device, force=args.force)
     result = pipe(
         args.prior,
         args.prompt,
@@ -83,7 +79,9 @@ def run_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_text_tokens=args.max_text_tokens,
     )
-    _write_atomic(args.out, lambda tmp: Image.fromarray(result.image).save(tmp, format="PNG"))
+    atomic_write(
+        args.out, lambda tmp: Image.fromarray(result.image).save(tmp, format="PNG"), suffix=".png"
+    )
     if args.json is not None:
         record = {
             "prompt": result.prompt,
@@ -94,7 +92,7 @@ def run_generate(args: argparse.Namespace) -> int:
             "settings": result.settings,
             "model": str(args.model),
         }
-        _write_atomic(args.json, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+        atomic_write_json(args.json, record)
     print(result.interpretation)
     print(f"saved {args.out}")
     return 0

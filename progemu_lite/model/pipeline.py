@@ -440,9 +440,8 @@ def _load_tokenizer(path: Path):
         return load_text_tokenizer(path)
     except ValueError as err:
         raise ValueError(
-            f"the tokenizer in {path} does not have the ProgEmu-Lite id layout ({err}); the "
-            "original Emu3 tokenizer layout of a converted checkpoint is not supported by "
-            "progemu_lite.tokenization yet"
+            f"the tokenizer in {path} is not a ProgEmu tokenizer ({err}): it needs the Emu3 "
+            "special tokens and contiguous visual tokens above the text ids"
         ) from err
 
 

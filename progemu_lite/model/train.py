@@ -26,12 +26,14 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from progemu_lite.files import atomic_write, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:  # heavy: imported where used
     import torch
@@ -242,20 +244,10 @@ def encode_pair_cache(
     codes = codes.astype(np.int16 if codes.max() < 2**15 else np.int32)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(codes_path, lambda p: np.save(p, codes), suffix=".npy")
+    atomic_write(codes_path, lambda p: np.save(p, codes), suffix=".npy")
     index = {"version": CACHE_FORMAT_VERSION, "image_size": image_size, "pairs": pair_keys}
-    _atomic_write(index_path, lambda p: p.write_text(json.dumps(index, indent=1)))
+    atomic_write_json(index_path, index)
     return codes, codes_path, False
-
-
-def _atomic_write(path: Path, write: Callable[[Path], Any], suffix: str = "") -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def step_indices(step: int, n_pairs: int, global_batch: int, seed: int) -> tuple[int, np.ndarray]:
@@ -301,8 +293,7 @@ def plot_loss_curve(
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda p: fig.savefig(p, format="png"), suffix=".png")
+    atomic_write(path, lambda p: fig.savefig(p, format="png"), suffix=".png")
     plt.close(fig)
     return path
 
@@ -406,11 +397,17 @@ def train(config: TrainConfig) -> TrainResult:
         )
     init = None
     if config.init is not None:
+        import torch
+
         from progemu_lite.model.pipeline import ProgEmuPipeline
 
         if config.vq is not None:
             raise ValueError("give --vq or --init, not both: an --init pipeline brings its VQ")
-        init = ProgEmuPipeline.from_pretrained(config.init, preset=config.preset)
+        # Load on the CPU in full precision: accelerate places (and shards) the model, and
+        # training the full model on CPU-resident weights is what ZeRO-3/FSDP expect.
+        init = ProgEmuPipeline.from_pretrained(
+            config.init, preset=config.preset, device="cpu", dtype=torch.float32, force=True
+        )
         vqmodel = init.model.model.vqmodel
         _freeze_vq(init.model)
     elif config.vq is None:
@@ -892,7 +889,7 @@ def _save_checkpoint(
         text = json.dumps(record, indent=1)
         (tmp / _STATE_FILE).write_text(text)
         _replace_folder(tmp, folder)
-        _atomic_write(out / _STATE_FILE, lambda p: p.write_text(text))
+        atomic_write_text(out / _STATE_FILE, text)
         plot_loss_curve(
             state["train_losses"],
             [tuple(v) for v in state["val_losses"]],

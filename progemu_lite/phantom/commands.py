@@ -84,9 +84,8 @@ def run_phantom(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    import json
-
     from ..data.icgcxr import write_pair
+    from ..files import atomic_write_json
     from .contact_sheet import SheetPair, save_contact_sheet
     from .dataset import PhantomConfig, simulate_patient
 
@@ -113,10 +112,7 @@ def run_demo(args: argparse.Namespace) -> int:
             f"  {entry.finding}{where}: {entry.direction}, "
             f"{entry.severity_before} -> {entry.severity_after}"
         )
-    annotation_path = out / "annotation.json"
-    temp = annotation_path.with_name(".annotation.json.tmp")
-    temp.write_text(json.dumps([e.to_dict() for e in pair.annotation], indent=2) + "\n")
-    os.replace(temp, annotation_path)
+    atomic_write_json(out / "annotation.json", [e.to_dict() for e in pair.annotation], indent=2)
     print(f"Figure:          {figure}")
     print(f"Pair (ICG-CXR):  {folder}")
     return 0

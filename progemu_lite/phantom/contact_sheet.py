@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import atomic_write
+
 DIFFERENCE_CMAP = "PuOr_r"
 
 
@@ -98,14 +100,7 @@ def save_contact_sheet(
         va="bottom",
         fontsize=8,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        fig.savefig(temp, format="png")
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda temp: fig.savefig(temp, format="png"), suffix=".png")
 
 
 def contact_sheet_from_folder(

@@ -38,6 +38,7 @@ from ..data.icgcxr import (
     remove_stale_temp_folders,
     write_pair,
 )
+from ..files import atomic_write_json
 from .progression import (
     AnnotationEntry,
     Progression,
@@ -274,9 +275,7 @@ def prepare_output(out: Path, config: PhantomConfig) -> None:
             f"{out} is not empty and has no {MANIFEST_NAME} (found {', '.join(sorted(leftovers)[:5])}); "
             "choose an empty or new --out"
         )
-    temp = manifest_path.with_name(f".{MANIFEST_NAME}.tmp")
-    temp.write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
-    os.replace(temp, manifest_path)
+    atomic_write_json(manifest_path, wanted, indent=2)
 
 
 def _describe(manifest: object) -> str:

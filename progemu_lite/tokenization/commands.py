@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
 import numpy as np
+
+from progemu_lite.files import atomic_write_json
 
 # Prior and follow-up images of an ICG-CXR pair folder.
 IMAGE_PATTERNS = ("**/*-ref-reg.png", "**/*-flu-reg.png")
@@ -143,9 +143,7 @@ def run_train_vq(args: argparse.Namespace) -> int:
     report["train_steps"] = len(log["steps"])
     report["final_loss"] = log["steps"][-1]["loss"] if log["steps"] else None
     report["restarts"] = log["restarts"]
-    tmp = args.out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, args.out / "report.json")
+    atomic_write_json(args.out / "report.json", report)
     shown = sample[np.linspace(0, len(sample) - 1, num=min(6, len(sample))).round().astype(int)]
     recons = decode_codes(model, encode_images(model, images[shown]))
     titles = [paths[i].name.removesuffix(".png") for i in shown]

@@ -70,7 +70,7 @@ class TokenIds:
     img: int
     eol: int
     eof: int
-    placeholder: int
+    placeholder: int | None  # None in the original BAAI vocabulary, which has no ``<image>``
     text_vocab_size: int  # text ids are [0, text_vocab_size)
     visual_offset: int  # visual code c has id visual_offset + c
     codebook_size: int
@@ -81,25 +81,31 @@ class TokenIds:
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> TokenIds:
-        """Read and check the layout of a tokenizer made by :func:`train_text_tokenizer`."""
+        """Read and check the id layout of a ProgEmu tokenizer.
+
+        Two layouts are accepted: ours (:func:`train_text_tokenizer`: text, then
+        ``SPECIAL_TOKENS`` in order, then the visual tokens) and the original Emu3 one that
+        ``progemu-lite convert`` keeps (text, ``<|endoftext|>``, chat and ``<|extra_N|>``
+        tokens, then the visual tokens, and no ``<image>``). In both, text is every id below
+        the first special token and the visual tokens are contiguous and in code order.
+        """
         vocab = tokenizer.get_vocab()
-        missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+        required = [t for t in SPECIAL_TOKENS if t != PLACEHOLDER]
+        missing = [t for t in required if t not in vocab]
         if missing:
             raise ValueError(f"tokenizer lacks the Emu3 special tokens {missing}")
-        special_ids = [vocab[t] for t in SPECIAL_TOKENS]
-        text_vocab_size = special_ids[0]
-        if special_ids != list(range(text_vocab_size, text_vocab_size + len(SPECIAL_TOKENS))):
-            raise ValueError(
-                "tokenizer special tokens are not contiguous right after the text ids; "
-                "build it with progemu_lite.tokenization.text.train_text_tokenizer"
-            )
-        visual_offset = text_vocab_size + len(SPECIAL_TOKENS)
-        codebook_size = len(tokenizer) - visual_offset
-        if codebook_size <= 0 or vocab.get(visual_token(0)) != visual_offset:
-            raise ValueError(f"tokenizer has no visual tokens starting at id {visual_offset}")
+        special_ids = [vocab[t] for t in required]
+        placeholder = vocab.get(PLACEHOLDER)
+        text_vocab_size = min(special_ids + ([placeholder] if placeholder is not None else []))
+        visual_offset = vocab.get(visual_token(0))
+        if visual_offset is None or visual_offset < text_vocab_size:
+            raise ValueError("tokenizer has no visual tokens above its text and special ids")
+        codebook_size = sum(1 for token in vocab if token.startswith("<|visual token "))
         if vocab.get(visual_token(codebook_size - 1)) != visual_offset + codebook_size - 1:
             raise ValueError("tokenizer visual tokens are not contiguous and in code order")
-        return cls(*special_ids, text_vocab_size, visual_offset, codebook_size)
+        if any(i >= visual_offset for i in special_ids):
+            raise ValueError("tokenizer special tokens must sit below the visual tokens")
+        return cls(*special_ids, placeholder, text_vocab_size, visual_offset, codebook_size)
 
 
 def _special_token(text: str):

@@ -318,10 +318,11 @@ def vq_report(vqmodel, images, batch_size: int = 16) -> dict:
 def plot_round_trip(images, recons, titles, path, suptitle: str | None = None):
     """Save a figure of originals (top row) above their reconstructions (bottom row), one
     column per labelled image, with each column's PSNR; returns the written path."""
-    import os
     from pathlib import Path
 
     import matplotlib
+
+    from progemu_lite.files import atomic_write
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -352,12 +353,8 @@ def plot_round_trip(images, recons, titles, path, suptitle: str | None = None):
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        # matplotlib picks the format from the extension, so the temporary name keeps it.
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110), suffix=path.suffix)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from progemu_lite.files import atomic_write_json
 from progemu_lite.tokenization.vq import (
     IMAGE_SIZES,
     build_vq,
@@ -434,8 +435,6 @@ def train_vq(
     if out is not None:
         checkpoint(max(stop, start))
         save_vq(model, out)
-        tmp = out / ".train_log.json.tmp"
-        tmp.write_text(json.dumps(log, indent=1))
-        os.replace(tmp, out / "train_log.json")
+        atomic_write_json(out / "train_log.json", log)
     model.eval().requires_grad_(False)
     return model, log

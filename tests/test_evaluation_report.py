@@ -1,0 +1,235 @@
+"""The evaluation report: bootstrap, BLEU counts, the `evaluate` command, bad input, the cache."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from progemu_lite.cli import main
+from progemu_lite.evaluation import baselines as B
+from progemu_lite.evaluation.classifier import AlignmentClassifier
+from progemu_lite.evaluation.commands import train_from_dataset
+from progemu_lite.evaluation.report import (
+    COLUMNS,
+    bleu_stats,
+    bootstrap_ci,
+    corpus_bleu_from_stats,
+    evaluate,
+    load_cases,
+)
+from progemu_lite.phantom.dataset import PhantomConfig, generate
+
+
+def test_bootstrap_ci_contains_the_point_estimate():
+    values = np.random.default_rng(0).normal(3.0, 1.0, 200)
+    lo, hi = bootstrap_ci(lambda idx: values[idx].mean(), len(values), 300, seed=1)
+    assert lo < values.mean() < hi
+    assert hi - lo < 0.5  # about 4 standard errors of 1/sqrt(200)
+    assert bootstrap_ci(lambda idx: 1.0, 0, 10) != bootstrap_ci(lambda idx: 1.0, 0, 10)  # NaNs
+
+
+def test_bleu_from_counts_matches_pycocoevalcap():
+    from progemu_lite.evaluation.text_metrics import corpus_text_metrics
+
+    refs = [
+        "The left pleural effusion has increased.",
+        "New small right pneumothorax. No consolidation.",
+        "Stable cardiomegaly.",
+    ]
+    cands = ["The left effusion has increased.", "Small right pneumothorax is new.", ""]
+    expected = corpus_text_metrics(cands, refs, include_meteor=False)["bleu_3"]
+    assert corpus_bleu_from_stats(bleu_stats(cands, refs)) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantom")
+    generate(root, PhantomConfig(patients=30, pairs_per_patient=3, size=64, seed=2), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(dataset, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("classifier")
+    train_from_dataset(dataset, folder, epochs=6, max_pairs=200, progress=False)
+    return folder
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+@pytest.mark.slow
+def test_evaluate_command_on_the_baselines(dataset, classifier_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    argv = [
+        "evaluate",
+        "--data",
+        str(dataset),
+        "--split",
+        "all",
+        "--classifier",
+        str(classifier_dir),
+        "--out",
+        str(out),
+        "--n-boot",
+        "40",
+        "--max-cases",
+        "40",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    assert "scoring 40 cases" in printed.out
+    # no weights named 'lite' here: the model row is skipped with a clear note
+    assert "model row skipped" in printed.err
+
+    systems = ["copy-prior", "nearest-neighbour", "true-follow-up"]
+    md = (out / "report.md").read_text()
+    for _, header, _ in COLUMNS:
+        assert header in md
+    for name in systems:
+        assert f"| {name} |" in md
+    assert "vq-reconstruction skipped" in md and "NOT the paper's" in md
+
+    with open(out / "report.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["system"] for r in rows] == systems
+    for key, _, _ in COLUMNS:
+        assert key in rows[0] and f"{key}_ci_low" in rows[0]
+
+    report = read_json(out / "report.json")
+    assert report["n_cases"] == 40
+    metrics = {r["system"]: r["metrics"] for r in report["rows"]}
+    for name in systems:
+        for key, _, _ in COLUMNS:
+            entry = metrics[name][key]
+            lo, hi = entry["ci"]
+            if entry["value"] is not None and lo is not None:
+                assert lo - 1e-9 <= entry["value"] <= hi + 1e-9, (name, key, entry)
+    truth, copy = metrics["true-follow-up"], metrics["copy-prior"]
+    # the true follow-up shows the prompted change; the unchanged prior does not
+    assert truth["auroc"]["value"] > copy["auroc"]["value"]
+    assert truth["ssim"]["value"] == pytest.approx(1.0)
+    assert truth["frechet_distance"]["value"] == pytest.approx(0.0, abs=1e-6)
+    assert truth["finding_f1"]["value"] == pytest.approx(1.0)
+    assert truth["bleu_3"]["value"] == pytest.approx(1.0, abs=1e-6)
+    assert copy["change_ratio"]["value"] is None  # nothing changed
+    assert truth["change_ratio"]["value"] > 1.0
+    png = (out / "examples.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class TextSystem:
+    """A system that answers every case with a fixed text and the prior image."""
+
+    cache_key = None
+
+    def __init__(self, name, text):
+        self.name = name
+        self.text = text
+
+    def generate(self, cases):
+        return [B.Output(c.prior.copy(), self.text) for c in cases]
+
+
+@pytest.mark.slow
+def test_bad_input_is_counted_not_fatal(dataset, classifier_dir, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(dataset, root)
+    pairs = sorted(root.rglob("sim*_0*.json"))[:3]
+    broken = read_json(pairs[0])
+    broken["expert-annotation"] = [{"finding": "unicorn", "direction": "sideways"}]
+    pairs[0].write_text(json.dumps(broken))
+    missing = read_json(pairs[1])
+    del missing["expert-annotation"]
+    pairs[1].write_text(json.dumps(missing))
+    pairs[2].write_text("{not json")
+
+    case_set = load_cases(root, None, limit=12, progress=False)
+    assert case_set.counts["malformed_annotation"] == 1
+    assert case_set.counts["missing_annotation"] == 1
+    assert case_set.counts["unreadable_pairs"] == 1
+    systems = [TextSystem("empty", ""), TextSystem("german", "Der Erguss ist größer geworden.")]
+    result = evaluate(
+        case_set,
+        systems,
+        AlignmentClassifier.load(classifier_dir),
+        out=tmp_path / "out",
+        n_boot=10,
+        include_meteor=False,
+        progress=False,
+    )
+    counts = {r["system"]: r["metrics"]["counts"] for r in result["rows"]}
+    assert counts["empty"]["empty_text"] == 12
+    assert counts["german"]["no_findings_text"] == 10  # counted over the 10 scorable cases
+    for name in ("empty", "german"):
+        assert counts[name]["unscorable_annotation"] == 2  # malformed + missing
+        assert result["rows"][0]["metrics"]["finding_f1"]["value"] == 0.0
+    assert "malformed annotations 1" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_vq_reconstruction_and_generation_cache(dataset, classifier_dir, tmp_path):
+    from progemu_lite.tokenization.vq import build_vq, save_vq
+
+    save_vq(build_vq("tiny", seed=0), tmp_path / "vq")
+    case_set = load_cases(dataset, "all", limit=8, progress=False)
+    classifier = AlignmentClassifier.load(classifier_dir)
+    kwargs = dict(cache_dir=tmp_path / "cache", n_boot=5, include_meteor=False, progress=False)
+    first = evaluate(case_set, [B.VQReconstruction(tmp_path / "vq")], classifier, **kwargs)
+    again = evaluate(case_set, [B.VQReconstruction(tmp_path / "vq")], classifier, **kwargs)
+    assert first["rows"][0]["timing"]["cached"] is False
+    assert again["rows"][0]["timing"]["cached"] is True
+    assert first["rows"][0]["metrics"]["ssim"] == again["rows"][0]["metrics"]["ssim"]
+    assert first["rows"][0]["metrics"]["ssim"]["value"] < 1.0  # a random VQ loses detail
+
+
+def test_command_errors(tmp_path, capsys):
+    assert main(["evaluate", "--data", str(tmp_path / "nowhere"), "--quiet"]) == 2
+    assert "no dataset folder" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(tmp_path), "--baselines", "oracle", "--quiet"]) == 2
+    assert "unknown baseline" in capsys.readouterr().err
+    assert main(["evaluate", "--data", str(tmp_path), "--quiet"]) == 2
+    assert "no pairs of split 'test'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_model_row_from_a_checkpoint_folder_is_cached(dataset, classifier_dir, tmp_path):
+    from progemu_lite.model.pipeline import build_random
+
+    build_random("tiny", seed=0).save_pretrained(tmp_path / "model")
+    argv = [
+        "evaluate",
+        "--data",
+        str(dataset),
+        "--split",
+        "all",
+        "--checkpoint",
+        str(tmp_path / "model"),
+        "--baselines",
+        "copy-prior",
+        "--classifier",
+        str(classifier_dir),
+        "--max-cases",
+        "3",
+        "--n-boot",
+        "5",
+        "--no-meteor",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
+    ]
+    assert main([*argv, "--out", str(tmp_path / "first")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "again")]) == 0
+    first = read_json(tmp_path / "first" / "report.json")
+    again = read_json(tmp_path / "again" / "report.json")
+    model = f"model:{tmp_path / 'model'}"
+    assert [r["system"] for r in first["rows"]] == [model, "copy-prior"]
+    assert first["rows"][0]["timing"]["cached"] is False
+    assert again["rows"][0]["timing"]["cached"] is True
+    assert first["rows"][0]["metrics"]["ssim"] == again["rows"][0]["metrics"]["ssim"]
