@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # multi-GB CUDA build. GPU users install their CUDA torch before `pip install -e .[gpu]`.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test test-fast lint format lab venv clean
+.PHONY: demo test test-fast lint format lab venv clean train-lite book
 
 venv: $(STAMP)
 
@@ -40,5 +40,22 @@ format: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
 
+# The course site: lessons executed with their fast settings, offline, warnings as errors
+# (book/build_book.py; opens at book/_build/html/index.html).
+book: $(STAMP)
+	$(BIN)/python book/build_book.py
+
 clean:
-	rm -rf $(VENV) outputs book/_build
+	rm -rf $(VENV) outputs book/_build book/generated
+
+# The `lite` model from scratch on simulated data (docs/training.md): hours on 2 CPU cores.
+# Every stage resumes where it stopped when rerun, so it can span several sittings.
+LITE_RUNS ?= runs
+train-lite: $(STAMP)
+	$(BIN)/progemu-lite phantom --patients 2000 --pairs-per-patient 3 --size 128 --seed 0 \
+		--out $(LITE_RUNS)/lite-data
+	$(BIN)/progemu-lite train-vq --data $(LITE_RUNS)/lite-data --preset lite --steps 3000 \
+		--out $(LITE_RUNS)/vq-lite $(if $(wildcard $(LITE_RUNS)/vq-lite/training_state),--resume)
+	$(BIN)/progemu-lite train --data $(LITE_RUNS)/lite-data --vq $(LITE_RUNS)/vq-lite --preset lite \
+		--epochs 8 --batch-size 8 --out $(LITE_RUNS)/lm-lite \
+		$(if $(wildcard $(LITE_RUNS)/lm-lite/checkpoints),--resume)

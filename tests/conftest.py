@@ -20,8 +20,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
-@pytest.fixture(autouse=True)
-def _private_progemu_home(tmp_path_factory, monkeypatch):
-    """Every test gets its own cache folder, never the user's."""
-    if "PROGEMU_HOME" not in os.environ or os.environ.get("CI"):
-        monkeypatch.setenv("PROGEMU_HOME", str(tmp_path_factory.getbasetemp() / "progemu_home"))
+@pytest.fixture(scope="session", autouse=True)
+def _private_progemu_home(tmp_path_factory):
+    """The whole run uses its own cache folder, never the user's. Session-wide (not per test)
+    so that a module fixture may point PROGEMU_HOME elsewhere for its own tests."""
+    old = os.environ.get("PROGEMU_HOME")
+    os.environ["PROGEMU_HOME"] = str(tmp_path_factory.getbasetemp() / "progemu_home")
+    yield
+    if old is None:
+        os.environ.pop("PROGEMU_HOME", None)
+    else:
+        os.environ["PROGEMU_HOME"] = old
