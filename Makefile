@@ -30,12 +30,12 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
 
 lint: $(STAMP)
-	$(BIN)/ruff check progemu_lite tests benchmarks
-	$(BIN)/ruff format --check progemu_lite tests benchmarks
+	$(BIN)/ruff check progemu_lite tests benchmarks book jupyterhub
+	$(BIN)/ruff format --check progemu_lite tests benchmarks book jupyterhub
 
 format: $(STAMP)
-	$(BIN)/ruff format progemu_lite tests benchmarks
-	$(BIN)/ruff check --fix progemu_lite tests benchmarks
+	$(BIN)/ruff format progemu_lite tests benchmarks book jupyterhub
+	$(BIN)/ruff check --fix progemu_lite tests benchmarks book jupyterhub
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks

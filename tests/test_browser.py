@@ -140,3 +140,184 @@ def test_findings_gallery_updates_in_chromium(voila_lesson, tmp_path):
         finally:
             browser.close()
     assert "Traceback" not in log.read_text()
+
+
+EXPLORER = ROOT / "notebooks" / "05_counterfactual_explorer.ipynb"
+
+
+@pytest.fixture
+def voila_explorer(tmp_path):
+    """URL of lesson 5 (the counterfactual explorer) served by voila with its fast settings."""
+    import papermill
+
+    from progemu_lite.widgets.lessons import fast_parameters
+
+    if not CHROMIUM.exists():
+        pytest.fail("Debian chromium is missing: apt-get install -y chromium (.ci/run does it)")
+    notebook = tmp_path / EXPLORER.name
+    papermill.execute_notebook(
+        str(EXPLORER), str(notebook), parameters=fast_parameters(EXPLORER), prepare_only=True
+    )
+    port = _free_port()
+    log = tmp_path / "voila.log"
+    env = {**os.environ, "MPLBACKEND": "Agg", "PROGEMU_HOME": str(tmp_path / "home")}
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "voila",
+                "--no-browser",
+                f"--port={port}",
+                "--Voila.ip=127.0.0.1",
+                "--Voila.port_retries=0",
+                notebook.name,
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_for_http(url, process, log)
+        yield url, log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_explorer_generate_in_chromium(voila_explorer, tmp_path):
+    """Click Generate in the explorer: the progress shows, then the new image and the
+    interpretation (token probabilities and labeler findings) appear."""
+    from playwright.sync_api import sync_playwright
+
+    url, log = voila_explorer
+    counterfactual = 'img[alt^="Generated counterfactual follow-up"]'
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1400})
+            page.goto(url, timeout=180_000)
+            generate = page.get_by_role("button", name="Generate")
+            generate.wait_for(state="visible", timeout=180_000)
+            # The untrained-weights banner is on the page, above the controls.
+            assert page.locator(".progemu-untrained").first.is_visible()
+            page.locator(counterfactual).wait_for(state="visible", timeout=60_000)
+            before = page.locator(counterfactual).get_attribute("src")
+
+            # Another seed, so the new sample must differ from the one the lesson made.
+            seed = page.locator("div.widget-text:has(label:text-is('Seed')) input")
+            seed.fill("7")
+            seed.press("Enter")
+            generate.click()
+            page.wait_for_function(
+                "before => { const img = document.querySelector("
+                "'img[alt^=\"Generated counterfactual follow-up\"]');"
+                " const done = document.querySelector('.progemu-done');"
+                " return img && img.src !== before && done !== null; }",
+                arg=before,
+                timeout=120_000,
+            )
+            assert page.locator(".progemu-done").first.inner_text().startswith("Done: 2 sample")
+            interpretation = page.locator(".progemu-interpretation").first
+            assert interpretation.is_visible()
+            assert "Token probability" in interpretation.inner_text()
+            assert page.locator(".progemu-token-probabilities span[title^='p = ']").count() > 0
+            assert page.locator('img[alt="Counterfactual sample 2"]').count() == 1
+            # Controls, images and interpretation in one view.
+            generate.evaluate("el => el.scrollIntoView({block: 'start'})")
+            shot = tmp_path / "counterfactual_explorer.png"
+            page.screenshot(path=str(shot), full_page=False)
+            assert shot.stat().st_size > 10_000
+            print(json.dumps({"screenshot": str(shot)}))
+        finally:
+            browser.close()
+    assert "Traceback" not in log.read_text()
+
+
+ALIGNMENT_LESSON = ROOT / "notebooks" / "07_does_the_image_show_it.ipynb"
+
+
+@pytest.fixture
+def voila_alignment_lesson(tmp_path):
+    """URL of lesson 7 (the alignment explorer) served by voila with its fast settings."""
+    import papermill
+
+    from progemu_lite.widgets.lessons import fast_parameters
+
+    if not CHROMIUM.exists():
+        pytest.fail("Debian chromium is missing: apt-get install -y chromium (.ci/run does it)")
+    notebook = tmp_path / ALIGNMENT_LESSON.name
+    papermill.execute_notebook(
+        str(ALIGNMENT_LESSON),
+        str(notebook),
+        parameters=fast_parameters(ALIGNMENT_LESSON),
+        prepare_only=True,
+    )
+    port = _free_port()
+    log = tmp_path / "voila.log"
+    env = {**os.environ, "MPLBACKEND": "Agg", "PROGEMU_HOME": str(tmp_path / "home")}
+    with log.open("w") as sink:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "voila",
+                "--no-browser",
+                f"--port={port}",
+                "--Voila.ip=127.0.0.1",
+                "--Voila.port_retries=0",
+                notebook.name,
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_for_http(url, process, log)
+        yield url, log
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_alignment_explorer_switches_system_in_chromium(voila_alignment_lesson, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, log = voila_alignment_lesson
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(url, timeout=240_000)
+            # The lesson's last cell switched the explorer to copy-prior.
+            output = page.locator('img[alt^="Image of copy-prior for"]')
+            output.wait_for(state="visible", timeout=240_000)
+            assert page.locator('img[alt^="ROC curves of progression alignment"]').count() == 1
+            before = output.get_attribute("src")
+            system = page.locator(".widget-dropdown", has_text="System").locator("select")
+            system.select_option(label="true-follow-up")
+            switched = page.locator('img[alt^="Image of true-follow-up for"]')
+            switched.wait_for(state="visible", timeout=60_000)
+            assert switched.get_attribute("src") != before
+            # true follow-up as the system: its image is the true follow-up itself
+            truth = page.locator('img[alt^="True follow-up radiograph of"]')
+            assert switched.get_attribute("src") == truth.get_attribute("src")
+            switched.scroll_into_view_if_needed()
+            shot = tmp_path / "alignment_explorer.png"
+            page.screenshot(path=str(shot), full_page=False)
+            assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()
+    assert "Traceback" not in log.read_text()
