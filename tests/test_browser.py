@@ -1,4 +1,4 @@
-"""The lesson widgets in a real browser: voila serves lesson 1, Debian's Chromium clicks.
+"""The lesson widgets in a real browser: voila serves a lesson, Debian's Chromium clicks.
 
 voila runs the notebook in a real kernel and renders its widgets with the real ipywidgets
 JavaScript; Playwright drives /usr/bin/chromium (Debian package ``chromium``). The lesson is
@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,18 +57,19 @@ def _wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: floa
     raise AssertionError(f"voila did not answer on {url}:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture
-def voila_lesson(tmp_path):
-    """URL of lesson 1 served by voila on 127.0.0.1 with its fast settings."""
+@contextmanager
+def serve_lesson(lesson: Path, tmp_path: Path):
+    """Serve ``lesson``, prepared with its fast settings, with voila on 127.0.0.1; yields
+    (url, log path) and stops the server afterwards."""
     import papermill
 
     from progemu_lite.widgets.lessons import fast_parameters
 
     if not CHROMIUM.exists():
         pytest.fail("Debian chromium is missing: apt-get install -y chromium (.ci/run does it)")
-    notebook = tmp_path / LESSON.name
+    notebook = tmp_path / lesson.name
     papermill.execute_notebook(
-        str(LESSON), str(notebook), parameters=fast_parameters(LESSON), prepare_only=True
+        str(lesson), str(notebook), parameters=fast_parameters(lesson), prepare_only=True
     )
     port = _free_port()
     log = tmp_path / "voila.log"
@@ -100,6 +102,13 @@ def voila_lesson(tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def voila_lesson(tmp_path):
+    """URL of lesson 1 served by voila on 127.0.0.1 with its fast settings."""
+    with serve_lesson(LESSON, tmp_path) as served:
+        yield served
 
 
 def test_findings_gallery_updates_in_chromium(voila_lesson, tmp_path):
@@ -148,47 +157,8 @@ EXPLORER = ROOT / "notebooks" / "05_counterfactual_explorer.ipynb"
 @pytest.fixture
 def voila_explorer(tmp_path):
     """URL of lesson 5 (the counterfactual explorer) served by voila with its fast settings."""
-    import papermill
-
-    from progemu_lite.widgets.lessons import fast_parameters
-
-    if not CHROMIUM.exists():
-        pytest.fail("Debian chromium is missing: apt-get install -y chromium (.ci/run does it)")
-    notebook = tmp_path / EXPLORER.name
-    papermill.execute_notebook(
-        str(EXPLORER), str(notebook), parameters=fast_parameters(EXPLORER), prepare_only=True
-    )
-    port = _free_port()
-    log = tmp_path / "voila.log"
-    env = {**os.environ, "MPLBACKEND": "Agg", "PROGEMU_HOME": str(tmp_path / "home")}
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "voila",
-                "--no-browser",
-                f"--port={port}",
-                "--Voila.ip=127.0.0.1",
-                "--Voila.port_retries=0",
-                notebook.name,
-            ],
-            cwd=tmp_path,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_for_http(url, process, log)
-        yield url, log
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with serve_lesson(EXPLORER, tmp_path) as served:
+        yield served
 
 
 def test_explorer_generate_in_chromium(voila_explorer, tmp_path):
@@ -246,50 +216,8 @@ ALIGNMENT_LESSON = ROOT / "notebooks" / "07_does_the_image_show_it.ipynb"
 @pytest.fixture
 def voila_alignment_lesson(tmp_path):
     """URL of lesson 7 (the alignment explorer) served by voila with its fast settings."""
-    import papermill
-
-    from progemu_lite.widgets.lessons import fast_parameters
-
-    if not CHROMIUM.exists():
-        pytest.fail("Debian chromium is missing: apt-get install -y chromium (.ci/run does it)")
-    notebook = tmp_path / ALIGNMENT_LESSON.name
-    papermill.execute_notebook(
-        str(ALIGNMENT_LESSON),
-        str(notebook),
-        parameters=fast_parameters(ALIGNMENT_LESSON),
-        prepare_only=True,
-    )
-    port = _free_port()
-    log = tmp_path / "voila.log"
-    env = {**os.environ, "MPLBACKEND": "Agg", "PROGEMU_HOME": str(tmp_path / "home")}
-    with log.open("w") as sink:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "voila",
-                "--no-browser",
-                f"--port={port}",
-                "--Voila.ip=127.0.0.1",
-                "--Voila.port_retries=0",
-                notebook.name,
-            ],
-            cwd=tmp_path,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_for_http(url, process, log)
-        yield url, log
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with serve_lesson(ALIGNMENT_LESSON, tmp_path) as served:
+        yield served
 
 
 def test_alignment_explorer_switches_system_in_chromium(voila_alignment_lesson, tmp_path):
