@@ -53,6 +53,15 @@ from .radiographs import (
     load_deidentified,
     sample_dicom_path,
 )
+from .safety import (
+    SeedComparison,
+    domain_shift_study,
+    histogram_figure,
+    intensity_stats,
+    real_radiograph,
+    safety_checklist_html,
+    simulated_population,
+)
 from .tokens import (
     GenerationStepper,
     full_sequence,
@@ -65,6 +74,17 @@ from .tokens import (
     text_probability_html,
     token_stream_figure,
     token_stream_html,
+)
+from .vq_explorer import (
+    CodebookExplorer,
+    CourseVQ,
+    codebook_summary,
+    course_vq,
+    finding_radiograph,
+    round_trip,
+    round_trip_figures,
+    tokenizer_loss,
+    training_images,
 )
 
 __all__ = [
@@ -124,4 +144,20 @@ __all__ = [
     "text_probability_html",
     "token_stream_figure",
     "token_stream_html",
+    "SeedComparison",
+    "domain_shift_study",
+    "histogram_figure",
+    "intensity_stats",
+    "real_radiograph",
+    "safety_checklist_html",
+    "simulated_population",
+    "CodebookExplorer",
+    "CourseVQ",
+    "codebook_summary",
+    "course_vq",
+    "finding_radiograph",
+    "round_trip",
+    "round_trip_figures",
+    "tokenizer_loss",
+    "training_images",
 ]
