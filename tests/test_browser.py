@@ -58,6 +58,27 @@ def _wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: floa
 
 
 @contextmanager
+def chromium_page(url: str, *, height: int, timeout: int):
+    """A page of Debian's Chromium (through Playwright) opened at ``url``."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": height})
+            page.goto(url, timeout=timeout)
+            yield page
+        finally:
+            browser.close()
+
+
+def save_screenshot(page, path: Path) -> None:
+    page.screenshot(path=str(path), full_page=False)
+    assert path.stat().st_size > 10_000
+    print(json.dumps({"screenshot": str(path)}))
+
+
+@contextmanager
 def serve_lesson(lesson: Path, tmp_path: Path):
     """Serve ``lesson``, prepared with its fast settings, with voila on 127.0.0.1; yields
     (url, log path) and stops the server afterwards."""
@@ -112,42 +133,31 @@ def voila_lesson(tmp_path):
 
 
 def test_findings_gallery_updates_in_chromium(voila_lesson, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     url, log = voila_lesson
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(url, timeout=180_000)
-            normal = page.locator('img[alt="Simulated normal PA chest radiograph of patient 0"]')
-            normal.wait_for(state="visible", timeout=180_000)
-            finding = page.locator('img[alt^="The same simulated patient with"]')
-            before = finding.get_attribute("src")
-            assert before and before.startswith("data:image/png;base64,")
+    with chromium_page(url, height=1000, timeout=180_000) as page:
+        normal = page.locator('img[alt="Simulated normal PA chest radiograph of patient 0"]')
+        normal.wait_for(state="visible", timeout=180_000)
+        finding = page.locator('img[alt^="The same simulated patient with"]')
+        before = finding.get_attribute("src")
+        assert before and before.startswith("data:image/png;base64,")
 
-            page.get_by_role("button", name="New patient").click()
-            page.locator('img[alt="Simulated normal PA chest radiograph of patient 1"]').wait_for(
-                state="visible", timeout=60_000
-            )
-            page.wait_for_function(
-                "before => { const img = document.querySelector("
-                "'img[alt^=\"The same simulated patient with\"]');"
-                " return img && img.src !== before; }",
-                arg=before,
-                timeout=60_000,
-            )
-            after = finding.get_attribute("src")
-            assert after != before
-            # The DICOM viewer rendered too: the de-identified radiograph, windowed.
-            assert page.locator('img[alt^="De-identified adult PA chest radiograph"]').count() == 1
-            finding.scroll_into_view_if_needed()
-            shot = tmp_path / "findings_gallery.png"
-            page.screenshot(path=str(shot), full_page=False)
-            assert shot.stat().st_size > 10_000
-            print(json.dumps({"screenshot": str(shot)}))
-        finally:
-            browser.close()
+        page.get_by_role("button", name="New patient").click()
+        page.locator('img[alt="Simulated normal PA chest radiograph of patient 1"]').wait_for(
+            state="visible", timeout=60_000
+        )
+        page.wait_for_function(
+            "before => { const img = document.querySelector("
+            "'img[alt^=\"The same simulated patient with\"]');"
+            " return img && img.src !== before; }",
+            arg=before,
+            timeout=60_000,
+        )
+        after = finding.get_attribute("src")
+        assert after != before
+        # The DICOM viewer rendered too: the de-identified radiograph, windowed.
+        assert page.locator('img[alt^="De-identified adult PA chest radiograph"]').count() == 1
+        finding.scroll_into_view_if_needed()
+        save_screenshot(page, tmp_path / "findings_gallery.png")
     assert "Traceback" not in log.read_text()
 
 
@@ -164,49 +174,38 @@ def voila_explorer(tmp_path):
 def test_explorer_generate_in_chromium(voila_explorer, tmp_path):
     """Click Generate in the explorer: the progress shows, then the new image and the
     interpretation (token probabilities and labeler findings) appear."""
-    from playwright.sync_api import sync_playwright
-
     url, log = voila_explorer
     counterfactual = 'img[alt^="Generated counterfactual follow-up"]'
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1400})
-            page.goto(url, timeout=180_000)
-            generate = page.get_by_role("button", name="Generate")
-            generate.wait_for(state="visible", timeout=180_000)
-            # The untrained-weights banner is on the page, above the controls.
-            assert page.locator(".progemu-untrained").first.is_visible()
-            page.locator(counterfactual).wait_for(state="visible", timeout=60_000)
-            before = page.locator(counterfactual).get_attribute("src")
+    with chromium_page(url, height=1400, timeout=180_000) as page:
+        generate = page.get_by_role("button", name="Generate")
+        generate.wait_for(state="visible", timeout=180_000)
+        # The untrained-weights banner is on the page, above the controls.
+        assert page.locator(".progemu-untrained").first.is_visible()
+        page.locator(counterfactual).wait_for(state="visible", timeout=60_000)
+        before = page.locator(counterfactual).get_attribute("src")
 
-            # Another seed, so the new sample must differ from the one the lesson made.
-            seed = page.locator("div.widget-text:has(label:text-is('Seed')) input")
-            seed.fill("7")
-            seed.press("Enter")
-            generate.click()
-            page.wait_for_function(
-                "before => { const img = document.querySelector("
-                "'img[alt^=\"Generated counterfactual follow-up\"]');"
-                " const done = document.querySelector('.progemu-done');"
-                " return img && img.src !== before && done !== null; }",
-                arg=before,
-                timeout=120_000,
-            )
-            assert page.locator(".progemu-done").first.inner_text().startswith("Done: 2 sample")
-            interpretation = page.locator(".progemu-interpretation").first
-            assert interpretation.is_visible()
-            assert "Token probability" in interpretation.inner_text()
-            assert page.locator(".progemu-token-probabilities span[title^='p = ']").count() > 0
-            assert page.locator('img[alt="Counterfactual sample 2"]').count() == 1
-            # Controls, images and interpretation in one view.
-            generate.evaluate("el => el.scrollIntoView({block: 'start'})")
-            shot = tmp_path / "counterfactual_explorer.png"
-            page.screenshot(path=str(shot), full_page=False)
-            assert shot.stat().st_size > 10_000
-            print(json.dumps({"screenshot": str(shot)}))
-        finally:
-            browser.close()
+        # Another seed, so the new sample must differ from the one the lesson made.
+        seed = page.locator("div.widget-text:has(label:text-is('Seed')) input")
+        seed.fill("7")
+        seed.press("Enter")
+        generate.click()
+        page.wait_for_function(
+            "before => { const img = document.querySelector("
+            "'img[alt^=\"Generated counterfactual follow-up\"]');"
+            " const done = document.querySelector('.progemu-done');"
+            " return img && img.src !== before && done !== null; }",
+            arg=before,
+            timeout=120_000,
+        )
+        assert page.locator(".progemu-done").first.inner_text().startswith("Done: 2 sample")
+        interpretation = page.locator(".progemu-interpretation").first
+        assert interpretation.is_visible()
+        assert "Token probability" in interpretation.inner_text()
+        assert page.locator(".progemu-token-probabilities span[title^='p = ']").count() > 0
+        assert page.locator('img[alt="Counterfactual sample 2"]').count() == 1
+        # Controls, images and interpretation in one view.
+        generate.evaluate("el => el.scrollIntoView({block: 'start'})")
+        save_screenshot(page, tmp_path / "counterfactual_explorer.png")
     assert "Traceback" not in log.read_text()
 
 
@@ -221,31 +220,21 @@ def voila_alignment_lesson(tmp_path):
 
 
 def test_alignment_explorer_switches_system_in_chromium(voila_alignment_lesson, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     url, log = voila_alignment_lesson
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(url, timeout=240_000)
-            # The lesson's last cell switched the explorer to copy-prior.
-            output = page.locator('img[alt^="Image of copy-prior for"]')
-            output.wait_for(state="visible", timeout=240_000)
-            assert page.locator('img[alt^="ROC curves of progression alignment"]').count() == 1
-            before = output.get_attribute("src")
-            system = page.locator(".widget-dropdown", has_text="System").locator("select")
-            system.select_option(label="true-follow-up")
-            switched = page.locator('img[alt^="Image of true-follow-up for"]')
-            switched.wait_for(state="visible", timeout=60_000)
-            assert switched.get_attribute("src") != before
-            # true follow-up as the system: its image is the true follow-up itself
-            truth = page.locator('img[alt^="True follow-up radiograph of"]')
-            assert switched.get_attribute("src") == truth.get_attribute("src")
-            switched.scroll_into_view_if_needed()
-            shot = tmp_path / "alignment_explorer.png"
-            page.screenshot(path=str(shot), full_page=False)
-            assert shot.stat().st_size > 10_000
-        finally:
-            browser.close()
+    with chromium_page(url, height=1000, timeout=240_000) as page:
+        # The lesson's last cell switched the explorer to copy-prior.
+        output = page.locator('img[alt^="Image of copy-prior for"]')
+        output.wait_for(state="visible", timeout=240_000)
+        assert page.locator('img[alt^="ROC curves of progression alignment"]').count() == 1
+        before = output.get_attribute("src")
+        system = page.locator(".widget-dropdown", has_text="System").locator("select")
+        system.select_option(label="true-follow-up")
+        switched = page.locator('img[alt^="Image of true-follow-up for"]')
+        switched.wait_for(state="visible", timeout=60_000)
+        assert switched.get_attribute("src") != before
+        # true follow-up as the system: its image is the true follow-up itself
+        truth = page.locator('img[alt^="True follow-up radiograph of"]')
+        assert switched.get_attribute("src") == truth.get_attribute("src")
+        switched.scroll_into_view_if_needed()
+        save_screenshot(page, tmp_path / "alignment_explorer.png")
     assert "Traceback" not in log.read_text()
