@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.set_defaults(handler=run_evaluate)
 
 
-def _data_key(root: Path) -> str:
+def dataset_key(root: Path) -> str:
     """Identity of a dataset for the default classifier location: its path and manifest."""
     manifest = root / "manifest.json"
     text = str(root.resolve()) + (manifest.read_text() if manifest.is_file() else "")
@@ -179,7 +179,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.classifier is not None:
         classifier = AlignmentClassifier.load(args.classifier)
     else:
-        folder = progemu_home() / "classifiers" / _data_key(args.data)
+        folder = progemu_home() / "classifiers" / dataset_key(args.data)
         try:
             classifier = AlignmentClassifier.load(folder)
         except FileNotFoundError:

@@ -120,13 +120,15 @@ def pair_folder(index: int, k: int) -> Path:
     return BRANCH / patient_id(index) / pair_id(index, k)
 
 
-def _seed_sequence(seed: int, index: int, stream: int) -> np.random.SeedSequence:
+def patient_seed_sequence(seed: int, index: int, stream: int) -> np.random.SeedSequence:
+    """The random stream of patient ``index``: stream 0 draws the patient and its prior,
+    stream k + 1 the k-th pair. Public so that analyses (lesson 8) can redraw the population."""
     return np.random.SeedSequence(seed, spawn_key=(index, stream))
 
 
 def patient_seed(seed: int, index: int) -> int:
     """A 64-bit number that identifies patient ``index`` of a run with ``seed``."""
-    words = _seed_sequence(seed, index, 0).generate_state(2, dtype=np.uint32)
+    words = patient_seed_sequence(seed, index, 0).generate_state(2, dtype=np.uint32)
     return int(words[0]) << 32 | int(words[1])
 
 
@@ -156,7 +158,7 @@ def simulate_patient(
     from .anatomy import sample_patient
     from .render import PatientRenderer, followup_acquisition, sample_acquisition
 
-    rng = np.random.default_rng(_seed_sequence(config.seed, index, 0))
+    rng = np.random.default_rng(patient_seed_sequence(config.seed, index, 0))
     anatomy = sample_patient(rng)
     prior_state = sample_prior_state(rng)
     prior_acq = sample_acquisition(rng)
@@ -174,7 +176,7 @@ def simulate_patient(
     for k in range(config.pairs_per_patient):
         if only is not None and k not in only:
             continue
-        pair_rng = np.random.default_rng(_seed_sequence(config.seed, index, k + 1))
+        pair_rng = np.random.default_rng(patient_seed_sequence(config.seed, index, k + 1))
         progression = progressions[k]
         followup_state, annotation = apply_progression(prior_state, progression, pair_rng)
         followup_acq = followup_acquisition(prior_acq, pair_rng)

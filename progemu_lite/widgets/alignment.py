@@ -97,7 +97,7 @@ def course_classifier(
     under ``PROGEMU_HOME/classifiers`` (one folder per dataset and settings): re-running a
     lesson loads it instead of training again. A cached folder that cannot be read is retrained.
     """
-    from ..evaluation.commands import _data_key, train_from_dataset
+    from ..evaluation.commands import dataset_key, train_from_dataset
     from ..paths import progemu_home
 
     root = Path(root)
@@ -105,7 +105,7 @@ def course_classifier(
         raise FileNotFoundError(f"no dataset folder at {root}")
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
-    name = f"lesson7-{_data_key(root)}-{size or 'native'}px-{epochs}ep-{max_pairs}p-seed{seed}"
+    name = f"lesson7-{dataset_key(root)}-{size or 'native'}px-{epochs}ep-{max_pairs}p-seed{seed}"
     folder = progemu_home() / "classifiers" / name
     try:
         return AlignmentClassifier.load(folder)

@@ -242,7 +242,7 @@ def simulated_population(patients: int, seed: int = 0) -> Population:
     images, so it describes exactly the population of ``progemu-lite phantom generate``.
     """
     from ..phantom.anatomy import sample_patient
-    from ..phantom.dataset import _seed_sequence, patient_split
+    from ..phantom.dataset import patient_seed_sequence, patient_split
     from ..phantom.progression import sample_prior_state
 
     if patients < 1:
@@ -251,7 +251,7 @@ def simulated_population(patients: int, seed: int = 0) -> Population:
     present = {name: np.zeros(patients, bool) for name in FINDINGS}
     for index in range(patients):
         # Same stream and order of draws as phantom.dataset.simulate_patient.
-        rng = np.random.default_rng(_seed_sequence(seed, index, 0))
+        rng = np.random.default_rng(patient_seed_sequence(seed, index, 0))
         anatomy = sample_patient(rng)
         state = sample_prior_state(rng)
         splits.append(patient_split(seed, index))
