@@ -1,8 +1,10 @@
 """How long a student waits after clicking Generate in the counterfactual explorer (lesson 5).
 
-Classroom settings (lesson 5's parameters cell): the ``lite`` model shapes (the trained weights
-when shipped, else random weights, which the output says), 3 samples per click, interpretations
-up to 48 tokens, 4 simulated patients. Measured in one run on this CPU:
+Classroom settings (lesson 5's parameters cell): ``--weights lite`` by default, i.e. the trained
+lite weights when they are installed in the package, else a lite-shaped model with random
+weights (a NOTICE line says so); ``--weights FOLDER`` measures any checkpoint folder, e.g. a
+training run's ``checkpoints/step-NNNNNNN/pipeline``. 3 samples per click, interpretations up to
+48 tokens, 4 simulated patients. Measured in one run on this CPU:
 
 * the click: ``explorer.generate_button.click()`` (headless, the same handler the browser
   triggers) until every panel holds the result;
@@ -10,18 +12,22 @@ up to 48 tokens, 4 simulated patients. Measured in one run on this CPU:
   the click cannot do faster); the ratio click / baseline is the widget's own overhead
   (difference map, labeler, token-probability colours, PNG encoding).
 
-Target: <= 3 s per click on the 2-core course machine. On a machine whose cores are shared
-with other work, compare ``--threads 1`` with the default: torch's thread pool spin-waits for
+Target: <= 3 s per click on the 2-core course machine. Threads follow the course's policy
+(:func:`progemu_lite.runtime.configure_torch_threads`: one thread on 2 CPUs or fewer,
+``PROGEMU_THREADS`` to choose); ``--threads N`` overrides it. On a machine whose cores are shared
+with other work, compare ``--threads 1`` with ``--threads 2``: torch's thread pool spin-waits for
 busy cores, and on a 2-core machine with one core taken the 2-thread run was ~48x slower
 (1.2 s vs 58 s for the same click).
 
-    .venv/bin/python benchmarks/explorer_speed.py [--samples 3] [--text-tokens 48] [--repeats 3]
+    .venv/bin/python benchmarks/explorer_speed.py [--weights lite|FOLDER] [--samples 3]
+        [--text-tokens 48] [--repeats 3] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -31,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from progemu_lite.runtime import THREADS_ENV, configure_torch_threads  # noqa: E402
 from progemu_lite.widgets import CounterfactualExplorer, course_pipeline  # noqa: E402
 from progemu_lite.widgets.models import UntrainedWeightsWarning  # noqa: E402
 
@@ -46,23 +53,40 @@ def best_of(repeats: int, fn) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="lite", help="course model name or folder (lite)")
+    parser.add_argument(
+        "--weights",
+        "--model",
+        dest="weights",
+        default="lite",
+        help="lite (the shipped weights, else random ones) or a checkpoint folder (lite)",
+    )
     parser.add_argument("--samples", type=int, default=3, help="samples per click (3)")
     parser.add_argument("--text-tokens", type=int, default=48, help="interpretation cap (48)")
     parser.add_argument("--repeats", type=int, default=3, help="best of N (3)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: the course policy)"
+    )
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be at least 1, got {args.threads}")
+        os.environ[THREADS_ENV] = str(args.threads)  # an explicit choice, as the policy reads it
+    threads = configure_torch_threads()
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedWeightsWarning)
-        model = course_pipeline(args.model)
+        try:
+            model = course_pipeline(args.weights)
+        except (FileNotFoundError, ValueError) as err:  # a missing or broken checkpoint folder
+            parser.error(str(err))
     print(model.describe())
     if not model.trained:
-        print("NOTICE: random weights (the trained lite weights are not available here)")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print(
+            "NOTICE: random weights (the trained lite weights are not installed in the package); "
+            "the timing holds for the lite shapes: compare tokens_per_sample with a trained run"
+        )
+    print(f"torch {torch.__version__}, {threads.describe()}")
 
     explorer = CounterfactualExplorer(
         model, patients=4, samples=args.samples, max_text_tokens=args.text_tokens
@@ -103,7 +127,7 @@ def main() -> None:
     print(
         json.dumps(
             {
-                "weights": "trained" if model.trained else "random",
+                "weights": args.weights if model.trained else "random",
                 "preset": pipe.preset,
                 "samples": args.samples,
                 "tokens_per_sample": tokens,

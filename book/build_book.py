@@ -14,9 +14,10 @@ Staging writes book/generated/ (git-ignored, never committed):
   nbgrader's ClearSolutions, ClearHiddenTests, ClearMarkScheme and ClearOutput preprocessors,
   the same ones ``nbgrader generate_assignment`` applies. Never executed.
 - syllabus.md: the learning objectives read from each lesson's title cell.
-- copies of README.md, docs/gpu.md, docs/training.md and exercises/INSTRUCTORS.md, with links
-  between them pointed at their pages and links to other repository files pointed at the
-  repository on GitHub (book/course.yml).
+- copies of README.md, docs/gpu.md, docs/training.md, docs/model_card.md and
+  exercises/INSTRUCTORS.md, with links between them pointed at their pages, the images they show
+  copied beside them, and links to other repository files pointed at the repository on GitHub
+  (book/course.yml).
 
 The table of contents is explicit (no globs); the build refuses to run when a notebook in
 notebooks/ or an assignment in exercises/source/ is missing from it.
@@ -29,6 +30,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,6 +51,7 @@ COPIED_PAGES = {
     "README.md": "generated/getting_started.md",
     "docs/gpu.md": "generated/gpu.md",
     "docs/training.md": "generated/training.md",
+    "docs/model_card.md": "generated/model_card.md",
     "exercises/INSTRUCTORS.md": "generated/instructors.md",
     "notebooks/README.md": "generated/lesson_conventions.md",
 }
@@ -111,7 +114,7 @@ def render_toc() -> str:
         "      - file: jupyterhub\n"
         "  - caption: The model\n"
         "    chapters:\n"
-        "      - file: model_card\n"
+        "      - file: generated/model_card\n"
         "      - file: generated/gpu\n"
         "      - file: generated/training\n"
         "  - caption: Reference\n"
@@ -196,6 +199,12 @@ def rewrite_links(text: str, source: Path, page: str) -> str:
         if rel in pages:
             new = os.path.relpath(BOOK / pages[rel], page_dir)
             new = Path(new).as_posix() + (f"#{anchor}" if anchor else "")
+        elif match.group(1).startswith("!") and resolved.is_file():
+            # an image of a copied page (e.g. the model card's figures): staged beside the page
+            staged = page_dir / "figures" / rel.replace("/", "_")
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(resolved, staged)
+            new = staged.relative_to(page_dir).as_posix()
         else:
             kind = "tree" if resolved.is_dir() else "blob"
             new = f"{settings['repository']}/{kind}/{settings['branch']}/{rel}"

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "progemu_lite.hub_commands",
     "progemu_lite.tokenization.commands",
     "progemu_lite.model.commands",
+    "progemu_lite.model.demo_commands",
     "progemu_lite.evaluation.commands",
 ]
 

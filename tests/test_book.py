@@ -173,9 +173,15 @@ def test_every_lesson_page_exists_with_run_links(html):
         assert any("colab.research.google.com" in ref and lesson.name in ref for ref in refs)
     for source in build_book.assignments():
         assert (html / (build_book.exercise_page(source) + ".html")).is_file()
-    for page in ("intro", "generated/syllabus", "generated/instructors", "generated/gpu"):
+    for page in (
+        "intro",
+        "generated/syllabus",
+        "generated/instructors",
+        "generated/gpu",
+        "generated/model_card",
+    ):
         assert (html / f"{page}.html").is_file()
-    for page in ("model_card", "glossary", "references", "jupyterhub"):
+    for page in ("glossary", "references", "jupyterhub"):
         assert (html / f"{page}.html").is_file()
 
 

@@ -72,6 +72,8 @@ def test_evaluate_command_on_the_baselines(dataset, classifier_dir, tmp_path, ca
         "all",
         "--classifier",
         str(classifier_dir),
+        "--checkpoint",
+        str(tmp_path / "no-such-weights"),
         "--out",
         str(out),
         "--n-boot",
@@ -85,7 +87,7 @@ def test_evaluate_command_on_the_baselines(dataset, classifier_dir, tmp_path, ca
     assert main(argv) == 0
     printed = capsys.readouterr()
     assert "scoring 40 cases" in printed.out
-    # no weights named 'lite' here: the model row is skipped with a clear note
+    # weights that do not exist: the model row is skipped with a clear note
     assert "model row skipped" in printed.err
 
     systems = ["copy-prior", "nearest-neighbour", "true-follow-up"]
@@ -120,6 +122,13 @@ def test_evaluate_command_on_the_baselines(dataset, classifier_dir, tmp_path, ca
     assert truth["bleu_3"]["value"] == pytest.approx(1.0, abs=1e-6)
     assert copy["change_ratio"]["value"] is None  # nothing changed
     assert truth["change_ratio"]["value"] > 1.0
+    # the model issue's quality checks: the true interpretation states the prompted change and
+    # the unchanged findings; the copy-prior row echoes the prompt, so it reports none of those
+    assert truth["prompt_named"]["value"] > 0.95
+    assert truth["stable_reported"]["value"] > 0.95
+    assert copy["stable_reported"]["value"] == 0.0
+    assert "## Quality checks" in md and "Stable findings reported" in md
+    assert {"prompt_named", "stable_reported"} <= set(rows[0])
     png = (out / "examples.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -233,3 +242,8 @@ def test_model_row_from_a_checkpoint_folder_is_cached(dataset, classifier_dir, t
     assert first["rows"][0]["timing"]["cached"] is False
     assert again["rows"][0]["timing"]["cached"] is True
     assert first["rows"][0]["metrics"]["ssim"] == again["rows"][0]["metrics"]["ssim"]
+    # other sampling settings: their own row name and their own cache entry
+    assert main([*argv, "--temperature", "0.5", "--out", str(tmp_path / "cool")]) == 0
+    cool = read_json(tmp_path / "cool" / "report.json")
+    assert cool["rows"][0]["system"] == f"{model} (temperature=0.5)"
+    assert cool["rows"][0]["timing"]["cached"] is False

@@ -2,7 +2,13 @@
 
 import pytest
 
-from progemu_lite.evaluation.finding_scores import parse_annotation, score_case, score_corpus
+from progemu_lite.evaluation.finding_scores import (
+    parse_annotation,
+    prompted_change_reported,
+    score_case,
+    score_corpus,
+    stable_findings_reported,
+)
 
 
 def entry(finding, location, direction, before=None, after=None):
@@ -173,3 +179,40 @@ def test_generated_interpretations_of_the_phantom_score_perfectly():
     assert scores["unscorable"] == 0
     assert scores["micro"]["f1"] == 1.0, [t for t in texts]
     assert scores["severity_accuracy"] == 1.0
+
+
+CARDIOMEGALY_STABLE = entry("cardiomegaly", None, "stable", "moderate", "moderate")
+REQUEST_EFFUSION = {"finding": "pleural_effusion", "location": "left", "direction": "worse"}
+
+
+def test_prompted_change_needs_finding_side_and_direction():
+    annotation = [EFFUSION_WORSE, CARDIOMEGALY_STABLE]
+    right = score_case("The left pleural effusion has increased.", annotation)
+    assert prompted_change_reported(right, REQUEST_EFFUSION) is True
+    for text in (
+        "The right pleural effusion has increased.",  # wrong side
+        "The left pleural effusion has decreased.",  # wrong direction
+        "Stable cardiomegaly.",  # not named at all
+        "",
+    ):
+        assert prompted_change_reported(score_case(text, annotation), REQUEST_EFFUSION) is False
+    # cannot be judged: no request, unscorable annotation, request not in the annotation
+    assert prompted_change_reported(right, None) is None
+    assert prompted_change_reported(score_case("x", None), REQUEST_EFFUSION) is None
+    other = {"finding": "pneumothorax", "location": "right", "direction": "new"}
+    assert prompted_change_reported(right, other) is None
+
+
+def test_stable_findings_are_reported_only_when_stated():
+    annotation = [EFFUSION_WORSE, CARDIOMEGALY_STABLE]
+    echo = score_case("The left pleural effusion has increased.", annotation)
+    assert stable_findings_reported(echo) == (0, 1)
+    full = score_case(
+        "The left pleural effusion has increased. Stable moderate cardiomegaly.", annotation
+    )
+    assert stable_findings_reported(full) == (1, 1)
+    worse = score_case(
+        "The left pleural effusion has increased. Cardiomegaly is worse.", annotation
+    )
+    assert stable_findings_reported(worse) == (0, 1)
+    assert stable_findings_reported(score_case("x", None)) == (0, 0)

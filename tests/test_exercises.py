@@ -24,12 +24,15 @@ import pytest
 from progemu_lite.evaluation.finding_scores import score_case
 from progemu_lite.exercises import (
     AUDIT_LABELS,
+    AUDIT_SEED,
     answer_key,
     audit_cases,
+    audit_label,
     fill_solutions,
     grading_cases,
     grid_shape,
     metrics_case,
+    perturbed_cases,
     sequence_case,
     solution_cells,
 )
@@ -78,28 +81,13 @@ def points(assignment: str) -> tuple[float, float]:
 
 
 # -- library helpers (fast) ----------------------------------------------------------------------
-def audit_reading(text: str, annotation) -> str:
-    """The label the course's rule (assignment 4) gives, via the library's scorer."""
-    result = score_case(text, annotation)
-    if result.hallucinated:
-        return "hallucinated"
-    if result.omitted:
-        return "omitted"
-    for entry, claim in result.matched:
-        stated = entry.severity_after not in (None, "absent") and claim.severity_after
-        if stated and claim.severity_after != entry.severity_after:
-            return "wrong_severity"
-    return "consistent"
-
-
-def test_audit_cases_are_fixed_balanced_and_read_as_keyed():
-    cases = audit_cases()
-    assert len(cases) == 12
+def test_perturbed_cases_are_fixed_balanced_and_read_as_keyed():
+    cases = perturbed_cases(12, AUDIT_SEED)
     assert sorted(answer_key(cases).values()) == sorted(AUDIT_LABELS * 3)
     # Same seed, same cases: grades are stable.
-    assert [c.generated for c in audit_cases()] == [c.generated for c in cases]
+    assert [c.generated for c in perturbed_cases(12, AUDIT_SEED)] == [c.generated for c in cases]
     for case in cases + grading_cases():
-        assert audit_reading(case.generated, case.annotation) == case.label, case
+        assert audit_label(case.generated, case.annotation) == case.label, case
         assert "label" not in case.for_student()
     consistent = [c for c in cases if c.label == "consistent"]
     assert any(c.generated != c.reference for c in consistent), "consistent texts are reworded"
@@ -107,15 +95,24 @@ def test_audit_cases_are_fixed_balanced_and_read_as_keyed():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_perturbations_hold_for_other_seeds(seed):
-    for case in audit_cases(seed=100 + seed):
-        assert audit_reading(case.generated, case.annotation) == case.label, case
+    for case in perturbed_cases(12, 100 + seed):
+        assert audit_label(case.generated, case.annotation) == case.label, case
 
 
-def test_hidden_audit_key_matches_the_library():
-    cells = source_notebook("auditing_counterfactuals").cells
-    text = next(c.source for c in cells if c.metadata["nbgrader"]["grade_id"] == "q1-tests")
-    hidden = dict(re.findall(r'"(audit\d\d)": "(\w+)"', text))
-    assert hidden == answer_key(audit_cases())
+def test_hidden_audit_tests_grade_against_the_shipped_key():
+    # The key is the shipped data (tests/test_exercises_audit.py checks it against the grader),
+    # so regenerating the cases never leaves a stale key in the notebook.
+    cells = {
+        c.metadata["nbgrader"]["grade_id"]: c.source
+        for c in source_notebook("auditing_counterfactuals").cells
+    }
+    for grade_id in ("q1-tests", "q2-tests"):
+        hidden = "\n".join(
+            _between(cells[grade_id], "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")
+        )
+        assert "_answer_key(_audit_cases())" in hidden, grade_id
+    assert not re.search(r'"audit\d\d": "\w+"', cells["q1-tests"]), "no literal key to go stale"
+    assert len(audit_cases()) == 12
 
 
 def test_sequence_case_and_grid_shape():

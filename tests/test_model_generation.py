@@ -128,6 +128,35 @@ def test_top_k_1_and_tiny_top_p_equal_greedy(setup):
     assert torch.equal(greedy.sequences, nucleus.sequences)
 
 
+def test_text_temperature_applies_to_the_interpretation_only(setup):
+    """Sampled image, greedy text: the image equals plain sampling with the same seed, and
+    every text token is the model's most likely allowed token given everything before it."""
+    model, builder, prefixes = setup
+    ids = builder.ids
+    h, w = GRID
+    image_end = h * (w + 1) + 2  # grid rows with EOLs, EOF, EOI
+    sampled = generate(model, prefixes, ids, GRID, SamplingSettings(seed=5, max_text_tokens=8))
+    mixed = generate(
+        model, prefixes, ids, GRID, SamplingSettings(seed=5, text_temperature=0, max_text_tokens=8)
+    )
+    assert torch.equal(sampled.sequences[:, :image_end], mixed.sequences[:, :image_end])
+    for prefix, i in zip(prefixes, range(len(prefixes)), strict=True):
+        seq, _ = mixed.row(i)
+        _check_layout(seq, builder, 8)
+        full = torch.as_tensor(np.concatenate([prefix, seq]))[None]
+        with torch.no_grad():
+            logits = model(input_ids=full).logits[0]
+        allowed = torch.zeros(logits.shape[-1], dtype=torch.bool)
+        allowed[: ids.text_vocab_size] = True
+        allowed[ids.eos] = True
+        # from the third text token EOS is allowed too; the last token may be a forced EOS
+        for k in range(image_end + 2, len(seq) - 1):
+            scores = logits[len(prefix) + k - 1].masked_fill(~allowed, float("-inf"))
+            assert int(scores.argmax()) == int(seq[k])
+    with pytest.raises(ValueError, match="text_temperature"):
+        generate(model, prefixes, ids, GRID, SamplingSettings(text_temperature=-1))
+
+
 def test_batched_equals_unbatched_greedy(setup):
     model, builder, prefixes = setup
     settings = SamplingSettings(temperature=0, max_text_tokens=10)

@@ -76,6 +76,33 @@ def test_save_load_round_trip_gives_identical_logits(pipe, checkpoint, prior):
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == [checkpoint.name]
 
 
+def test_half_precision_files_run_in_float32_on_the_cpu(prior, tmp_path):
+    """The shipped lite weights are stored in float16 (half the size); on a CPU they are
+    upcast, and generation stays close to the float32 model's."""
+    from progemu_lite.cli import main
+
+    full = build_random("tiny", seed=3)
+    full.save_pretrained(tmp_path / "full")
+    assert main(["export", str(tmp_path / "full"), str(tmp_path / "half")]) == 0
+    folder = tmp_path / "half"
+    stored = {t.dtype for t in _tensors(folder / "model.safetensors") if t.is_floating_point()}
+    assert stored == {torch.float16}
+    loaded = ProgEmuPipeline.from_pretrained(folder)
+    assert loaded.model.dtype == torch.float32 and loaded.loading["dtype"] == "float32"
+    codes = full.encode_images(prior[None])[0]
+    ids, _ = full.builder.training_ids(codes, PROMPT, codes, "No change.")
+    x = torch.as_tensor(ids)[None]
+    with torch.no_grad():
+        reference, half = full.model(input_ids=x).logits, loaded.model(input_ids=x).logits
+    assert torch.allclose(reference, half, atol=0.05)  # float16 rounding of the weights only
+
+
+def _tensors(path):
+    from safetensors.torch import load_file
+
+    return list(load_file(path).values())
+
+
 def test_batched_equals_unbatched_greedy(pipe, prior):
     priors = [prior, prior[::-1].copy(), np.rot90(prior).copy()]
     prompts = [PROMPT, "No change.", "The right upper lobe consolidation resolves."]

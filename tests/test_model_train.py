@@ -20,6 +20,7 @@ from progemu_lite.model.train import (
     step_indices,
     train,
     training_example,
+    weighted_sequence_loss,
 )
 
 SIDES = ("left", "right")
@@ -383,3 +384,50 @@ def test_init_from_a_trained_pipeline_continues_learning(trained_run, dataset, t
         train(_config(dataset, tiny_vq, tmp_path / "both", init=trained_run.pipeline_dir))
     with pytest.raises(ValueError, match="is preset 'tiny', expected 'lite'"):
         train(_config(dataset, None, tmp_path / "x", init=trained_run.pipeline_dir, preset="lite"))
+
+
+def test_interpretation_weighted_loss(trained_run, dataset, tmp_path):
+    """Weight 1 is transformers' own loss; a larger weight counts the interpretation's tokens
+    (after the last image end) that many times, and a weighted fine-tune runs end to end."""
+    import torch
+
+    from progemu_lite.model.pipeline import ProgEmuPipeline
+
+    pipe = ProgEmuPipeline.from_pretrained(trained_run.pipeline_dir)
+    ids = pipe.builder.ids
+    codes = np.arange(64).reshape(8, 8) % 256
+    batch = pipe.builder.collate(
+        [
+            pipe.builder.training_ids(codes, "The left effusion worsens.", codes, "Larger."),
+            pipe.builder.training_ids(None, "", codes, "No change in the heart size."),
+        ]
+    )
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        logits = pipe.model(**batch).logits
+        plain = pipe.model(**batch, labels=labels).loss
+    assert torch.allclose(weighted_sequence_loss(logits, labels, ids.eoi, 1.0), plain, atol=1e-5)
+    # by hand: per-token losses, interpretation tokens (after the last EOI) counted 4 times
+    targets = labels[:, 1:]
+    per_token = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        targets.clamp(min=0).reshape(-1),
+        reduction="none",
+    ).view(targets.shape)
+    weights = torch.zeros_like(per_token)
+    for row in range(2):
+        valid = (targets[row] != -100).nonzero().flatten()
+        last_eoi = int((targets[row] == ids.eoi).nonzero().max())
+        weights[row, valid] = 1.0
+        weights[row, last_eoi + 1 : int(valid.max()) + 1] = 4.0
+    expected = (per_token * weights).sum() / weights.sum()
+    assert torch.allclose(weighted_sequence_loss(logits, labels, ids.eoi, 4.0), expected)
+    assert not torch.allclose(expected, plain)
+
+    config = _config(dataset, None, tmp_path / "weighted", init=trained_run.pipeline_dir, steps=2)
+    config.interpretation_loss_weight = 3.0
+    assert train(config).pipeline_dir.is_dir()
+    bad = _config(dataset, None, tmp_path / "bad", init=trained_run.pipeline_dir, steps=2)
+    bad.interpretation_loss_weight = 0.0
+    with pytest.raises(ValueError, match="interpretation-loss-weight"):
+        train(bad)

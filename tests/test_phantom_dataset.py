@@ -231,21 +231,6 @@ def test_contact_sheet(tmp_path, capsys):
     assert not list(sheet.parent.glob(".*"))
 
 
-def test_demo_command(tmp_path, capsys):
-    assert run_cli("demo", "--out", tmp_path, "--size", 64) == 0
-    out = capsys.readouterr().out
-    assert "Prompt:" in out and "Interpretation:" in out and "Expert annotation:" in out
-    with Image.open(tmp_path / "demo.png") as image:
-        assert image.format == "PNG"
-    annotation = json.loads((tmp_path / "annotation.json").read_text())
-    assert annotation and annotation[0]["direction"] in ("new", "worse", "better", "resolved")
-    (record,) = iter_pairs(tmp_path)
-    assert record.prompt in out
-    # Running it again overwrites in place.
-    assert run_cli("demo", "--out", tmp_path, "--size", 64) == 0
-    assert len(list(iter_pairs(tmp_path))) == 1
-
-
 def test_counterfactual_progressions_of_a_patient_differ():
     rng = np.random.default_rng(0)
     for _ in range(100):

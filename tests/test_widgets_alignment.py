@@ -247,6 +247,20 @@ def test_explorer_shows_the_picked_case_and_system(lesson):
     assert explorer.output_panel.updates == before + 1  # one change, one redraw
 
 
+def test_model_row_appears_by_itself_only_with_the_trained_lite_weights(lesson):
+    from progemu_lite.widgets import lite_weights_shipped
+
+    cases = lesson["test"].cases[:2]  # the nearest-neighbour baseline's pool
+    systems, model = course_systems(cases, include_model=None, fast=True)
+    assert model is None and len(systems) == 3  # fast mode (CI) never adds a random-weights row
+    systems, model = course_systems(cases, include_model=None)
+    if lite_weights_shipped():
+        assert model is not None and model.trained and systems[-1].name == "model:lite"
+        assert len(systems) == 4
+    else:
+        assert model is None and len(systems) == 3
+
+
 @pytest.mark.slow
 def test_the_course_model_plugs_into_the_same_protocol(lesson):
     import warnings

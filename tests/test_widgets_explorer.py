@@ -19,9 +19,11 @@ from progemu_lite.widgets import (
     CounterfactualExplorer,
     GenerationStepper,
     UntrainedWeightsWarning,
+    allowed_probability,
     course_pipeline,
     full_sequence,
     kind_counts,
+    lite_weights_shipped,
     mask_positions,
     mask_table,
     next_token_predictions,
@@ -72,13 +74,22 @@ def test_untrained_model_says_so_everywhere(model):
     assert "UNTRAINED WEIGHTS" in model._repr_html_() and 'role="alert"' in model.notice_html()
     assert "RANDOM (untrained)" in repr(model)
     assert model.pipe.preset == "tiny"
+    # Fast mode says why it is random without claiming the trained weights are missing.
+    assert "fast mode" in model.notice and "not available" not in model.notice
+    assert "torch thread" in model.threads
 
 
-def test_missing_lite_weights_fall_back_with_the_reason(model):
+def test_lite_is_the_trained_model_when_shipped_else_random_with_the_reason(model):
+    if lite_weights_shipped():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UntrainedWeightsWarning)
+            lite = course_pipeline("lite")
+        assert lite.trained and lite.notice == "" and lite.pipe.preset == "lite"
+        return
     with pytest.warns(UntrainedWeightsWarning):
-        lite = course_pipeline("lite")  # the lite weights are not shipped in this version
+        lite = course_pipeline("lite")
     assert not lite.trained and lite.pipe.preset == "lite"
-    assert "not shipped" in lite.notice
+    assert "weights are not available here" in lite.notice and "not shipped" in lite.notice
 
 
 def test_trained_checkpoint_is_used_without_a_notice(model, tmp_path):
@@ -162,6 +173,22 @@ def test_next_token_predictions_respect_the_grid(model, result):
     assert predictions["constrained"][0][1] >= max(p for _, p in predictions["raw"]) - 1e-6
 
 
+def test_allowed_probability_is_the_raw_mass_on_visual_tokens(model, result):
+    sequence = full_sequence(model.pipe, result)
+    prefix = sequence[: len(sequence) - len(result.token_ids)]
+    raw, uniform = allowed_probability(model.pipe, prefix)
+    ids = model.pipe.builder.ids
+    assert uniform == pytest.approx(
+        ids.codebook_size / model.pipe.model.config.text_config.vocab_size
+    )
+    # Recomputed by hand from the network's logits over the visual-token id range.
+    with torch.inference_mode():
+        logits = model.pipe.model(input_ids=torch.as_tensor(prefix)[None]).logits[0, -1].float()
+    visual = slice(ids.visual_offset, ids.visual_offset + ids.codebook_size)
+    assert raw == pytest.approx(float(torch.softmax(logits, -1)[visual].sum()), rel=1e-4)
+    assert 0.0 < raw < 1.0
+
+
 def test_stepper_reveals_one_token_per_click(model):
     prior = simulated_priors(1, model.pipe.image_size)[0].image
     stepper = GenerationStepper(model, prior, PROMPT, seed=1, max_text_tokens=4)
@@ -224,11 +251,41 @@ def test_explorer_generate_fills_every_panel(model):
     assert len(explorer.samples_box.children) == 1  # sample 2 beside the main one
     # Different random draws differ; the same seed gives the same samples again.
     assert not np.array_equal(first.image, explorer.results[1].image)
+    summary = explorer.samples_summary().splitlines()
+    assert len(summary) == 2 + 2 and summary[0].startswith("sample 1: mean token probability")
+    assert "(cardiomegaly) is claimed in" in summary[2] and summary[2].endswith("of 2 samples")
+    spread = float(np.abs(first.image.astype(float) - explorer.results[1].image).mean())
+    assert f"{spread:.1f} gray levels" in summary[3]
     explorer.generate_button.click()
     np.testing.assert_array_equal(explorer.results[0].image, first.image)
     explorer.seed.value = 5
     explorer.generate_button.click()
     assert not np.array_equal(explorer.results[0].image, first.image)
+
+
+def test_samples_summary_counts_samples_stating_the_prompted_finding(model):
+    from dataclasses import replace
+
+    explorer = CounterfactualExplorer(model, patients=1, samples=2, max_text_tokens=4)
+    with pytest.raises(ValueError, match="press Generate"):
+        explorer.samples_summary()
+    explorer.prompt.value = PROMPT  # a new moderate right pleural effusion
+    explorer.generate_button.click()
+    first, second = explorer.results
+    # A claim on the prompt's side counts; a pertinent negative or the other side does not.
+    texts = [
+        "New moderate right pleural effusion.",
+        "No pleural effusion. New left pleural effusion.",
+        "Unchanged heart size.",
+    ]
+    explorer.results = [replace(first, interpretation=t) for t in texts]
+    summary = explorer.samples_summary().splitlines()
+    assert summary[0].endswith("claims: new right pleural effusion")
+    assert "claims: new left pleural effusion; rules out: pleural effusion" in summary[1]
+    assert summary[2].endswith("claims: no finding")
+    assert (
+        summary[3] == "the prompt's finding (right pleural effusion) is claimed in 1 of 3 samples"
+    )
 
 
 def test_explorer_settings_reach_the_pipeline(model):

@@ -24,7 +24,7 @@ from progemu_lite.widgets import (
     simulated_population,
     simulated_priors,
 )
-from progemu_lite.widgets.safety import INTENDED_USE
+from progemu_lite.widgets.safety import INTENDED_USE, DomainShift
 
 PROMPT = "The left pleural effusion is new and moderate."
 
@@ -75,11 +75,31 @@ def test_domain_shift_runs_real_and_simulated_through_the_same_model(model, prio
     assert np.isfinite(study.real_vq_psnr) and len(study.simulated_vq_psnr) == 2
     table = study.table()
     assert table.splitlines()[0].split()[:2] == ["image", "mean"]
-    assert len(table.splitlines()) == 4
+    assert table.splitlines()[0].endswith("VQ SSIM") and len(table.splitlines()) == 4
+    assert all(-1.0 <= v <= 1.0 for v in [*study.simulated_vq_ssim, study.real_vq_ssim])
+    comparison = study.tokenizer_comparison()
+    assert f"PSNR {np.mean(study.simulated_vq_psnr):.2f} dB" in comparison
+    assert f"PSNR {study.real_vq_psnr:.2f} dB, SSIM {study.real_vq_ssim:.3f}" in comparison
     page = study._repr_html_()
     assert "UNTRAINED WEIGHTS" in page and page.count("<figure") == 6
     with pytest.raises(ValueError, match="at least one simulated"):
         domain_shift_study(model, [], PROMPT)
+
+
+def test_tokenizer_comparison_says_which_images_survive_better(model, priors):
+    from dataclasses import replace
+
+    study = DomainShift(model, PROMPT, 0, list(priors), priors[0])
+    kept = dict(simulated_vq_ssim=[0.9, 0.8], real_vq_ssim=0.5)
+    better = replace(study, simulated_vq_psnr=[30.0, 28.0], real_vq_psnr=22.0, **kept)
+    assert "simulated images better than the real one (PSNR difference +7.00 dB)" in (
+        better.tokenizer_comparison()
+    )
+    assert "SSIM 0.850" in better.tokenizer_comparison()
+    worse = replace(study, simulated_vq_psnr=[20.0, 20.0], real_vq_psnr=25.0, **kept)
+    assert "worse than the real one" in worse.tokenizer_comparison()
+    same = replace(study, simulated_vq_psnr=[25.2, 25.0], real_vq_psnr=25.0, **kept)
+    assert "about as well as the real one" in same.tokenizer_comparison()
 
 
 def test_population_matches_the_phantom_generator():

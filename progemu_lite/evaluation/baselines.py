@@ -234,15 +234,16 @@ def load_model_system(checkpoint: str, *, seed: int, **sampling) -> tuple[object
     ``(None, reason)``: the model package missing, no weights, a broken checkpoint."""
     try:
         from .. import hub
-        from ..model.pipeline import ProgEmuPipeline
+        from ..model.pipeline import load
     except ImportError as err:
         return None, f"the model package is not importable yet ({err})"
     try:
         resolved = hub.resolve(checkpoint, download=False, progress=False)
         folder = resolved.path
-        pipeline = ProgEmuPipeline.from_pretrained(folder)
+        pipeline = load(folder)
     except (FileNotFoundError, ValueError, OSError, ImportError, KeyError) as err:
         return None, f"no usable weights for checkpoint {checkpoint!r}: {err}"
-    return ModelSystem(
-        pipeline, name=f"model:{checkpoint}", folder=Path(folder), seed=seed, **sampling
-    ), ""
+    # Non-default sampling shows in the row's name: "model:lite (temperature=0.7)".
+    settings = ", ".join(f"{k}={v}" for k, v in sorted(sampling.items()))
+    name = f"model:{checkpoint}" + (f" ({settings})" if settings else "")
+    return ModelSystem(pipeline, name=name, folder=Path(folder), seed=seed, **sampling), ""

@@ -65,6 +65,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--out", type=Path, default=Path("evaluation"), help="report folder")
     ev.add_argument("--cache-dir", type=Path, default=None, help="generation cache folder")
     ev.add_argument("--seed", type=int, default=0, help="sampling and bootstrap seed (0)")
+    ev.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="model sampling temperature (the pipeline's default 1.0; 0 = greedy)",
+    )
+    ev.add_argument(
+        "--text-temperature",
+        type=float,
+        default=None,
+        help="model temperature of the interpretation only (default: --temperature)",
+    )
+    ev.add_argument(
+        "--top-k", type=int, default=None, help="model top-k sampling (the pipeline's 2048)"
+    )
+    ev.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="model classifier-free guidance scale (the pipeline's 1.0 = none)",
+    )
     ev.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (200)")
     ev.add_argument("--max-cases", type=int, default=None, help="score at most N cases")
     ev.add_argument("--examples", type=int, default=4, help="example cases in the PNG (4)")
@@ -192,7 +213,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     systems = []
     if args.checkpoint.lower() != "none":
-        model, reason = B.load_model_system(args.checkpoint, seed=args.seed)
+        sampling = {
+            key: value
+            for key, value in (
+                ("temperature", args.temperature),
+                ("text_temperature", args.text_temperature),
+                ("top_k", args.top_k),
+                ("guidance_scale", args.guidance_scale),
+            )
+            if value is not None
+        }
+        model, reason = B.load_model_system(args.checkpoint, seed=args.seed, **sampling)
         if model is None:
             message = f"model row skipped: {reason}; evaluating the baselines only"
             print(message, file=sys.stderr)

@@ -251,6 +251,44 @@ def score_case(text: str | None, annotation) -> CaseScore:
     )
 
 
+def prompted_change_reported(result: CaseScore, progression: dict | None) -> bool | None:
+    """Whether the interpretation states the change the prompt asked for: the annotation entry
+    of the requested finding (same finding and side) is matched with the right direction.
+
+    ``None`` when it cannot be judged: no requested progression (e.g. a real ICG-CXR pair), an
+    unscorable annotation, or no annotation entry for the requested finding.
+    """
+    if not progression or result.status != "scored":
+        return None
+    finding = _word(progression.get("finding"))
+    if finding not in FINDINGS:
+        return None
+    try:
+        side = _side(finding, laterality(_word(progression.get("location")) or None))
+    except UnknownFindingError:
+        return None
+    requested = [
+        a
+        for a in result.annotation
+        if a.finding == finding and _side(a.finding, a.laterality) == side
+    ]
+    if not requested:
+        return None
+    matched = {id(a) for a, _ in result.matched}
+    return any(id(a) in matched for a in requested)
+
+
+def stable_findings_reported(result: CaseScore) -> tuple[int, int]:
+    """``(reported, annotated)`` for the annotation's ``stable`` entries: the prior's findings
+    that did not change. Only reading the prior image can give them (the prompt never names
+    them), so a model that just echoes its prompt scores 0 here."""
+    if result.status != "scored":
+        return 0, 0
+    stable = [a for a in result.annotation if a.direction == "stable"]
+    matched = {id(a) for a, _ in result.matched}
+    return sum(id(a) in matched for a in stable), len(stable)
+
+
 def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:
     if tp + fp + fn == 0:
         return {"precision": 1.0, "recall": 1.0, "f1": 1.0}

@@ -55,6 +55,14 @@ COLUMNS: tuple[tuple[str, str, bool], ...] = (
     ("hallucination_rate", "Hallucination rate", False),
     ("ssim", "SSIM", True),
 )
+# The model issue's own quality checks, a second Markdown table: the prompted change stated in
+# the interpretation, the image changed where the finding is (change ratio), and the prior's
+# unchanged findings reported.
+QUALITY_COLUMNS: tuple[tuple[str, str, bool], ...] = (
+    ("prompt_named", "Prompted change stated", True),
+    ("change_ratio", "Change ratio (inside/outside)", True),
+    ("stable_reported", "Stable findings reported", True),
+)
 EXTRA_COLUMNS: tuple[str, ...] = (
     "psnr",
     "mae",
@@ -64,12 +72,16 @@ EXTRA_COLUMNS: tuple[str, ...] = (
     "change_ratio",
     "alignment_accuracy",
     "omission_rate",
+    "prompt_named",
+    "stable_reported",
 )
 COUNT_COLUMNS: tuple[str, ...] = (
     "n_cases",
     "alignment_cases",
     "empty_text",
     "no_findings_text",
+    "prompt_cases",
+    "stable_findings",
     "unscorable_annotation",
     "malformed_entries",
 )
@@ -329,7 +341,12 @@ def score_system(
     """Every metric of one system, with CIs: ``{metric: {"value", "ci"}, "counts": {...}}``.
     ``text_results``: :func:`text_scores` of the outputs when already computed."""
     from .classifier import alignment_pairs, auroc, expected_head_state, f1_at
-    from .finding_scores import score_case, summarize
+    from .finding_scores import (
+        prompted_change_reported,
+        score_case,
+        stable_findings_reported,
+        summarize,
+    )
     from .image_metrics import change_ratio, frechet_distance, mae, psnr, ssim
 
     cases = case_set.cases
@@ -433,11 +450,40 @@ def score_system(
         "value": summary["omission_rate"],
         "ci": bootstrap_ci(rate(fn_, tp + fn_), k, n_boot, seed),
     }
+    # The two quality checks of the model issue: the prompted change stated, the prior's
+    # unchanged findings reported (an echo of the prompt gets 0 on the second).
+    named = np.array(
+        [
+            prompted_change_reported(r, c.progression)
+            for r, c in zip(case_scores, cases, strict=True)
+        ],
+        dtype=object,
+    )
+    named = np.array([float(v) for v in named if v is not None])
+    results["prompt_named"] = {
+        "value": _nanmean(named),
+        "ci": bootstrap_ci(lambda idx: _nanmean(named[idx]), len(named), n_boot, seed),
+    }
+    stable = np.array([stable_findings_reported(case_scores[i]) for i in scored], float)
+    stable = stable.reshape(-1, 2)
+    results["stable_reported"] = {
+        "value": stable[:, 0].sum() / stable[:, 1].sum() if stable[:, 1].sum() else float("nan"),
+        "ci": bootstrap_ci(
+            lambda idx: (
+                stable[idx, 0].sum() / stable[idx, 1].sum() if stable[idx, 1].sum() else np.nan
+            ),
+            len(stable),
+            n_boot,
+            seed,
+        ),
+    }
     results["counts"] = {
         "n_cases": n,
         "alignment_cases": len(known),
         "empty_text": sum(not (t or "").strip() for t in texts),
         "no_findings_text": summary["no_findings_text"],
+        "prompt_cases": len(named),
+        "stable_findings": int(stable[:, 1].sum()),
         "unscorable_annotation": summary["unscorable"],
         "malformed_entries": summary["malformed_entries"],
     }
@@ -475,15 +521,15 @@ def _json_safe(value):
     return value
 
 
-def markdown_table(rows: list[dict]) -> str:
-    headers = ["System"] + [h for _, h, _ in COLUMNS]
-    arrows = ["", *("↑" if up else "↓" for _, _, up in COLUMNS)]
+def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
+    headers = ["System"] + [h for _, h, _ in columns]
+    arrows = ["", *("↑" if up else "↓" for _, _, up in columns)]
     lines = [
         "| " + " | ".join(f"{h} {a}".strip() for h, a in zip(headers, arrows, strict=True)) + " |",
         "|" + "---|" * len(headers),
     ]
     for row in rows:
-        cells = [row["system"]] + [_cell(row["metrics"][k]) for k, _, _ in COLUMNS]
+        cells = [row["system"]] + [_cell(row["metrics"][k]) for k, _, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -646,6 +692,12 @@ def write_report(out: Path, result: dict, case_set: CaseSet, outputs: dict, exam
         f"{result['n_cases']} cases; 95% bootstrap confidence intervals in brackets "
         f"({result['n_boot']} resamples over cases).\n\n"
         f"{markdown_table(rows)}\n\n"
+        "## Quality checks\n\n"
+        "Prompted change stated: share of cases whose interpretation states the requested "
+        "finding at its side with the requested direction. Change ratio: mean |image - prior| "
+        "inside the changed region over outside it. Stable findings reported: share of the "
+        "prior's unchanged findings (annotated `stable`) that the interpretation reports.\n\n"
+        f"{markdown_table(rows, QUALITY_COLUMNS)}\n\n"
         "## Notes\n\n"
         f"{notes}\n"
     )

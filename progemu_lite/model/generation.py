@@ -27,8 +27,18 @@ DEFAULT_MAX_TEXT_TOKENS = 195  # official: text allowed up to ~200 tokens after 
 DEFAULT_MIN_TEXT_TOKENS = 2  # official: the first two tokens after the image must be text
 DEFAULT_TOP_K = 2048  # official sampling setting
 
-# Phases of a row; each has a row in the allowed-token table.
-_VISUAL, _EOL, _EOF, _EOI, _TEXT, _TEXT_OR_EOS, _EOS, _DONE = range(8)
+# Phases of a row; each has a row in the allowed-token table (GridConstraint.allowed), which
+# the lesson widgets read to show what the decoder enforces.
+(
+    PHASE_VISUAL,
+    PHASE_EOL,
+    PHASE_EOF,
+    PHASE_EOI,
+    PHASE_TEXT,
+    PHASE_TEXT_OR_EOS,
+    PHASE_EOS,
+    PHASE_DONE,
+) = range(8)
 
 
 class GridConstraint(LogitsProcessor):
@@ -63,32 +73,32 @@ class GridConstraint(LogitsProcessor):
         self.max_new_tokens = self.image_tokens + 2 + self.max_text_tokens + 1
 
         allowed = torch.zeros((8, vocab_size), dtype=torch.bool)
-        allowed[_VISUAL, ids.visual_offset : ids.visual_offset + ids.codebook_size] = True
-        allowed[_EOL, ids.eol] = True
-        allowed[_EOF, ids.eof] = True
-        allowed[_EOI, ids.eoi] = True
-        allowed[_TEXT, : ids.text_vocab_size] = True
-        allowed[_TEXT_OR_EOS, : ids.text_vocab_size] = True
-        allowed[_TEXT_OR_EOS, ids.eos] = True
-        allowed[_EOS, ids.eos] = True
-        allowed[_DONE, ids.pad] = True
+        allowed[PHASE_VISUAL, ids.visual_offset : ids.visual_offset + ids.codebook_size] = True
+        allowed[PHASE_EOL, ids.eol] = True
+        allowed[PHASE_EOF, ids.eof] = True
+        allowed[PHASE_EOI, ids.eoi] = True
+        allowed[PHASE_TEXT, : ids.text_vocab_size] = True
+        allowed[PHASE_TEXT_OR_EOS, : ids.text_vocab_size] = True
+        allowed[PHASE_TEXT_OR_EOS, ids.eos] = True
+        allowed[PHASE_EOS, ids.eos] = True
+        allowed[PHASE_DONE, ids.pad] = True
         self.allowed = allowed.to(device)
 
     def phases(self, offsets: torch.Tensor, finished: torch.Tensor | None = None) -> torch.Tensor:
         """The phase of each row, vectorised over the batch."""
         o = offsets.long()
         text_index = o - (self.image_tokens + 2)  # 1 for the first text token
-        phase = torch.full_like(o, _DONE)
-        phase = torch.where(text_index <= self.max_text_tokens + 1, _EOS, phase)
-        phase = torch.where(text_index <= self.max_text_tokens, _TEXT_OR_EOS, phase)
-        phase = torch.where(text_index <= self.min_text_tokens, _TEXT, phase)
-        phase = torch.where(o == self.image_tokens + 2, _EOI, phase)
-        phase = torch.where(o == self.image_tokens + 1, _EOF, phase)
+        phase = torch.full_like(o, PHASE_DONE)
+        phase = torch.where(text_index <= self.max_text_tokens + 1, PHASE_EOS, phase)
+        phase = torch.where(text_index <= self.max_text_tokens, PHASE_TEXT_OR_EOS, phase)
+        phase = torch.where(text_index <= self.min_text_tokens, PHASE_TEXT, phase)
+        phase = torch.where(o == self.image_tokens + 2, PHASE_EOI, phase)
+        phase = torch.where(o == self.image_tokens + 1, PHASE_EOF, phase)
         in_grid = o <= self.image_tokens
-        phase = torch.where(in_grid & (o % (self.w + 1) == 0), _EOL, phase)
-        phase = torch.where(in_grid & (o % (self.w + 1) != 0), _VISUAL, phase)
+        phase = torch.where(in_grid & (o % (self.w + 1) == 0), PHASE_EOL, phase)
+        phase = torch.where(in_grid & (o % (self.w + 1) != 0), PHASE_VISUAL, phase)
         if finished is not None:
-            phase = torch.where(finished, _DONE, phase)
+            phase = torch.where(finished, PHASE_DONE, phase)
         return phase
 
     def mask(
@@ -120,9 +130,12 @@ class GridConstraint(LogitsProcessor):
 
 @dataclass
 class SamplingSettings:
-    """How tokens are chosen. ``temperature=0`` means greedy decoding."""
+    """How tokens are chosen. ``temperature=0`` means greedy decoding. ``text_temperature``:
+    the interpretation's own temperature (None: ``temperature``); a small model's sampled text
+    drifts from what its image shows, greedy text (0) reads it more faithfully."""
 
     temperature: float = 1.0
+    text_temperature: float | None = None
     top_k: int | None = DEFAULT_TOP_K
     top_p: float | None = None
     guidance_scale: float = 1.0  # 1 = no classifier-free guidance; official uses 3
@@ -133,6 +146,8 @@ class SamplingSettings:
     def check(self) -> None:
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.text_temperature is not None and self.text_temperature < 0:
+            raise ValueError(f"text_temperature must be >= 0, got {self.text_temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -240,8 +255,11 @@ def generate(
     rows = list(prefixes) + ([null_prefix] * batch if guided else [])
     input_ids, attention_mask = left_pad(rows, ids.pad, device)
 
+    text_temperature = (
+        settings.temperature if settings.text_temperature is None else settings.text_temperature
+    )
     generator = None
-    if settings.temperature > 0:
+    if settings.temperature > 0 or text_temperature > 0:
         generator = torch.Generator(device=device)
         seed = settings.seed
         if seed is None:
@@ -268,11 +286,10 @@ def generate(
     padded = not bool(attention_mask.all())
     # All rows start right after the prefix, so they share the offset: one phase per step.
     schedule = constraint.phases(torch.arange(1, steps + 1, device=device))
-    done_row = constraint.allowed[_DONE]
-    plain_sampling = (
-        settings.temperature == 1.0
-        and (settings.top_k is None or settings.top_k >= vocab_size)
-        and (settings.top_p is None or settings.top_p >= 1.0)
+    done_row = constraint.allowed[PHASE_DONE]
+    text_steps = (schedule >= PHASE_TEXT).tolist()  # steps sampled at the text temperature
+    no_filter = (settings.top_k is None or settings.top_k >= vocab_size) and (
+        settings.top_p is None or settings.top_p >= 1.0
     )
     n_done = 0
     for step in range(steps):
@@ -302,13 +319,14 @@ def generate(
         scores = scores.masked_fill(~allowed[:, : scores.shape[-1]], float("-inf"))
         probs = torch.softmax(scores, dim=-1)
 
-        if settings.temperature == 0:
+        temperature = text_temperature if text_steps[step] else settings.temperature
+        if temperature == 0:
             token = torch.argmax(scores, dim=-1)
-        elif plain_sampling:
+        elif temperature == 1.0 and no_filter:
             token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         else:
             sample_scores = _filter_top_k_top_p(
-                scores / settings.temperature, settings.top_k, settings.top_p
+                scores / temperature, settings.top_k, settings.top_p
             )
             token = torch.multinomial(
                 torch.softmax(sample_scores, dim=-1), 1, generator=generator

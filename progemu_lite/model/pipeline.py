@@ -530,7 +530,8 @@ class ProgEmuPipeline:
 
         ``preset``: the configuration you expect; a checkpoint of another one is an error.
         ``device``: e.g. ``"cuda"``; default CPU, except the ``full`` model, which goes to CUDA
-        when there is a GPU. On CUDA the defaults are bf16 (``dtype``), flash attention 2 when
+        when there is a GPU. ``dtype``: default float32 on the CPU, whatever the file holds. On
+        CUDA the defaults are bf16 (``dtype``), flash attention 2 when
         ``flash_attn`` is installed else sdpa (``attn_implementation``) and, on GPUs under
         :data:`OFFLOAD_BELOW_GIB` GiB that the weights do not fit, ``device_map="auto"``.
         ``force``: load the ``full`` model on a CPU anyway (refused by default, before any
@@ -552,8 +553,10 @@ class ProgEmuPipeline:
 
         target = _target_device(device, saved_preset)
         on_cuda = target.type == "cuda"
-        if dtype is None and on_cuda:
-            dtype = torch.bfloat16
+        if dtype is None:
+            # CPU: float32 even for half-precision files (the shipped lite weights are float16):
+            # half-precision matmuls on a CPU are slow and lose accuracy step after step.
+            dtype = torch.bfloat16 if on_cuda else torch.float32
         # Before reading a single weight: refuse what this machine cannot run.
         estimate = estimate_resources(config, saved_preset, device=target.type, dtype=dtype)
         check_resources(estimate, force=force)
@@ -681,6 +684,7 @@ class ProgEmuPipeline:
         prompts: Sequence[str],
         *,
         temperature: float = 1.0,
+        text_temperature: float | None = None,
         top_k: int | None = DEFAULT_TOP_K,
         top_p: float | None = None,
         guidance_scale: float = 1.0,
@@ -704,6 +708,7 @@ class ProgEmuPipeline:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         settings = SamplingSettings(
             temperature=temperature,
+            text_temperature=text_temperature,
             top_k=top_k,
             top_p=top_p,
             guidance_scale=guidance_scale,
@@ -784,6 +789,7 @@ class ProgEmuPipeline:
         prompt: str | None = None,
         *,
         temperature: float = 1.0,
+        text_temperature: float | None = None,
         top_k: int | None = DEFAULT_TOP_K,
         top_p: float | None = None,
         guidance_scale: float = 1.0,
@@ -792,12 +798,14 @@ class ProgEmuPipeline:
         unconditional: bool = False,
     ) -> Counterfactual:
         """One counterfactual. ``prior``: uint8/16-bit/float array, PIL image, PNG or DICOM
-        path. ``temperature=0`` decodes greedily; ``guidance_scale`` > 1 applies
-        classifier-free guidance against the null condition (official: 3)."""
+        path. ``temperature=0`` decodes greedily; ``text_temperature``: the interpretation's
+        own (default: ``temperature``); ``guidance_scale`` > 1 applies classifier-free
+        guidance against the null condition (official: 3)."""
         return self.batch(
             [prior],
             [prompt],
             temperature=temperature,
+            text_temperature=text_temperature,
             top_k=top_k,
             top_p=top_p,
             guidance_scale=guidance_scale,
@@ -831,5 +839,10 @@ def build_random(
 
 def load(name_or_path: str | os.PathLike, **kwargs) -> ProgEmuPipeline:
     """A pipeline from a checkpoint folder or a name (``progemu_lite.load("progemu")``); the
-    keyword arguments are those of :meth:`ProgEmuPipeline.from_pretrained`."""
+    keyword arguments are those of :meth:`ProgEmuPipeline.from_pretrained`. Applies the
+    course's torch thread policy first (:func:`progemu_lite.runtime.configure_torch_threads`:
+    one thread on a machine with 2 CPUs or fewer, unless ``PROGEMU_THREADS`` says otherwise)."""
+    from progemu_lite.runtime import configure_torch_threads
+
+    configure_torch_threads()
     return ProgEmuPipeline.from_pretrained(name_or_path, **kwargs)

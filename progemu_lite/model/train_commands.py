@@ -83,8 +83,30 @@ def register(subparsers) -> None:
         action="store_true",
         help="recompute activations in the backward pass (for the full model)",
     )
+    parser.add_argument(
+        "--interpretation-loss-weight",
+        type=float,
+        default=1.0,
+        help="weight of the interpretation's tokens in the loss (1 = the official plain loss)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_train)
+
+    export = subparsers.add_parser(
+        "export",
+        help="write a trained pipeline folder in half precision, ready to ship",
+        description=(
+            "Load a ProgEmu pipeline folder (e.g. OUT/pipeline of `progemu-lite train`) and save "
+            "it to DST with its floating-point weights in float16 (default) or bfloat16: half "
+            "the size. Loading it on a CPU computes in float32 again. DST is replaced atomically."
+        ),
+    )
+    export.add_argument("source", type=Path, help="trained pipeline folder")
+    export.add_argument("destination", type=Path, help="folder to write (replaced if a checkpoint)")
+    export.add_argument(
+        "--dtype", default="float16", choices=("float16", "bfloat16", "float32"), help="(float16)"
+    )
+    export.set_defaults(handler=_export)
 
 
 def _train(args) -> int:
@@ -114,6 +136,7 @@ def _train(args) -> int:
         tokenizer=args.tokenizer,
         mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing,
+        interpretation_loss_weight=args.interpretation_loss_weight,
         progress=not args.quiet,
     )
     result = train(config)
@@ -121,4 +144,17 @@ def _train(args) -> int:
         if result.pipeline_dir is not None:
             print(f"pipeline: {result.pipeline_dir}")
         print(f"loss curve: {result.loss_curve}")
+    return 0
+
+
+def _export(args) -> int:
+    import torch
+
+    from progemu_lite.model.pipeline import ProgEmuPipeline
+
+    pipe = ProgEmuPipeline.from_pretrained(args.source, progress=False)
+    pipe.to(dtype=getattr(torch, args.dtype))
+    folder = pipe.save_pretrained(args.destination)
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    print(f"{folder}: {args.dtype} weights, {size / 2**20:.1f} MiB in all")
     return 0

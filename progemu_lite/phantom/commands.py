@@ -1,4 +1,4 @@
-"""``progemu-lite phantom`` (write a simulated ICG-CXR dataset) and ``progemu-lite demo``."""
+"""``progemu-lite phantom``: write a simulated ICG-CXR dataset."""
 
 from __future__ import annotations
 
@@ -39,20 +39,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     phantom.add_argument("--quiet", action="store_true", help="no progress bar")
     phantom.set_defaults(handler=run_phantom)
 
-    demo = subparsers.add_parser(
-        "demo",
-        help="simulate one patient's prior and follow-up and show what changed",
-        description=(
-            "Render one simulated patient's prior and a counterfactual follow-up, save a figure "
-            "(prior | follow-up | difference) and print the prompt, interpretation and expert "
-            "annotation."
-        ),
-    )
-    demo.add_argument("--out", type=Path, required=True, help="output folder")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    demo.add_argument("--size", type=int, default=256, help="image side in pixels (256)")
-    demo.set_defaults(handler=run_demo)
-
 
 def run_phantom(args: argparse.Namespace) -> int:
     from .contact_sheet import contact_sheet_from_folder
@@ -80,39 +66,4 @@ def run_phantom(args: argparse.Namespace) -> int:
     if args.contact_sheet is not None:
         contact_sheet_from_folder(args.out, args.contact_sheet)
         print(f"contact sheet: {args.contact_sheet}")
-    return 0
-
-
-def run_demo(args: argparse.Namespace) -> int:
-    from ..data.icgcxr import write_pair
-    from ..files import atomic_write_json
-    from .contact_sheet import SheetPair, save_contact_sheet
-    from .dataset import PhantomConfig, simulate_patient
-
-    config = PhantomConfig(patients=1, pairs_per_patient=1, size=args.size, seed=args.seed)
-    out: Path = args.out
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise PermissionError(f"cannot create output folder {out}: {err.strerror}") from None
-    pair = next(simulate_patient(config, 0))
-    record = pair.record
-    figure = save_contact_sheet(
-        [SheetPair(pair.prior.image, pair.followup.image, record.prompt, record.pair_id)],
-        out / "demo.png",
-        title="Simulated patient: prior | follow-up | difference",
-    )
-    folder = write_pair(out, record, pair.prior.image, pair.followup.image, overwrite=True)
-    print(f"Prompt:          {record.prompt}")
-    print(f"Interpretation:  {record.interpretation}")
-    print("Expert annotation:")
-    for entry in pair.annotation:
-        where = f" ({entry.location})" if entry.location else ""
-        print(
-            f"  {entry.finding}{where}: {entry.direction}, "
-            f"{entry.severity_before} -> {entry.severity_after}"
-        )
-    atomic_write_json(out / "annotation.json", [e.to_dict() for e in pair.annotation], indent=2)
-    print(f"Figure:          {figure}")
-    print(f"Pair (ICG-CXR):  {folder}")
     return 0

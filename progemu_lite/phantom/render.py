@@ -734,6 +734,7 @@ def render_radiograph(
 
 __all__ = [
     "Acquisition",
+    "Grid",  # cm <-> pixel mapping of a rendered image (defined in _raster)
     "PatientRenderer",
     "Radiograph",
     "attenuation_coefficients",

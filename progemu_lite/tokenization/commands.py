@@ -1,4 +1,5 @@
-"""``progemu-lite train-vq``: train the VQ image tokenizer on an ICG-CXR-style folder."""
+"""``progemu-lite train-vq``: train the VQ image tokenizer on an ICG-CXR-style folder;
+``progemu-lite vq-report``: how well a trained one keeps held-out images and every finding."""
 
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Train a VQ image tokenizer from scratch on the *-ref-reg.png / *-flu-reg.png images "
             "under --data (resized to the preset's size). Writes a save_pretrained folder "
             "(config.json, model.safetensors), training_state/ for --resume, train_log.json, "
-            "report.json (PSNR, SSIM, codebook usage) and round_trip.png into --out."
+            "report.json (PSNR, SSIM, codebook usage), round_trip.png and finding_round_trip.png "
+            "(one simulated patient per finding type) into --out."
         ),
     )
     train.add_argument("--data", type=Path, required=True, help="ICG-CXR-style data folder")
@@ -91,6 +93,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(handler=run_train_vq)
 
+    report = subparsers.add_parser(
+        "vq-report",
+        help="held-out PSNR/SSIM/codebook usage of a trained VQ, and a per-finding round trip",
+        description=(
+            "For a train-vq output folder (or the VQ inside a ProgEmu checkpoint folder), write "
+            "OUT/report.json (PSNR, SSIM, codebook usage on the held-out pairs of --data, and "
+            "per-finding PSNR and how much of each finding's signal survives) and "
+            "OUT/finding_round_trip.png (original | reconstruction | |difference| for one "
+            "simulated patient per finding type)."
+        ),
+    )
+    report.add_argument("--vq", type=Path, required=True, help="the VQ (or checkpoint) folder")
+    report.add_argument(
+        "--data", type=Path, required=True, help="ICG-CXR-style folder with held-out pairs"
+    )
+    report.add_argument("--out", type=Path, required=True, help="output folder")
+    report.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="which held-out pairs of --data to use (test)",
+    )
+    report.add_argument(
+        "--max-images", type=int, default=64, help="held-out images to measure (64)"
+    )
+    report.add_argument("--seed", type=int, default=0, help="seed of the finding patients (0)")
+    report.set_defaults(handler=run_vq_report)
+
 
 def run_train_vq(args: argparse.Namespace) -> int:
     from progemu_lite.cli import CommandError
@@ -101,6 +131,7 @@ def run_train_vq(args: argparse.Namespace) -> int:
         plot_round_trip,
         vq_report,
     )
+    from progemu_lite.tokenization.vq_figures import FINDING_FIGURE, finding_round_trip
     from progemu_lite.tokenization.vq_train import STATE_DIR, train_vq
 
     if args.steps < 1:
@@ -143,6 +174,13 @@ def run_train_vq(args: argparse.Namespace) -> int:
     report["train_steps"] = len(log["steps"])
     report["final_loss"] = log["steps"][-1]["loss"] if log["steps"] else None
     report["restarts"] = log["restarts"]
+    # The same simulated patients (seed 0) for every VQ, so two runs' figures compare.
+    report["findings"] = finding_round_trip(
+        model,
+        IMAGE_SIZES[args.preset],
+        args.out / FINDING_FIGURE,
+        title=f"VQ {args.preset}: findings after the round trip",
+    )
     atomic_write_json(args.out / "report.json", report)
     shown = sample[np.linspace(0, len(sample) - 1, num=min(6, len(sample))).round().astype(int)]
     recons = decode_codes(model, encode_images(model, images[shown]))
@@ -159,4 +197,44 @@ def run_train_vq(args: argparse.Namespace) -> int:
         f"SSIM {report['ssim']:.3f}, codes used {report['used']}/{report['codebook_size']} "
         f"(perplexity {report['perplexity']:.0f})"
     )
+    return 0
+
+
+def run_vq_report(args: argparse.Namespace) -> int:
+    from progemu_lite.tokenization.vq_figures import (
+        FINDING_FIGURE,
+        REPORT_FILE,
+        held_out_pairs,
+        load_vq_folder,
+        write_vq_report,
+    )
+
+    if args.max_images < 1:
+        raise ValueError(f"--max-images must be at least 1, got {args.max_images}")
+    if not args.data.is_dir():
+        raise FileNotFoundError(f"data folder {str(args.data)!r} does not exist")
+    pairs = held_out_pairs(args.data, args.split)  # checked before the model loads
+    vqmodel, preset = load_vq_folder(args.vq)
+    report = write_vq_report(
+        vqmodel,
+        preset,
+        args.data,
+        args.out,
+        split=args.split,
+        max_images=args.max_images,
+        seed=args.seed,
+        pairs=pairs,
+    )
+    print(
+        f"VQ {preset} on {report['n_images']} held-out ({args.split}) images: "
+        f"PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.3f}, codes used "
+        f"{report['used']}/{report['codebook_size']} (perplexity {report['perplexity']:.0f})"
+    )
+    for row in report["findings"]:
+        where = f" {row['location']}" if row["location"] else ""
+        print(
+            f"  {row['finding']}{where}: PSNR {row['psnr']:.1f} dB, "
+            f"sign kept {row['sign_kept']:.0%}"
+        )
+    print(f"saved {args.out / REPORT_FILE} and {args.out / FINDING_FIGURE}")
     return 0

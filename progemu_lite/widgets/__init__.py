@@ -34,6 +34,7 @@ from .models import (
     UntrainedWeightsWarning,
     course_pipeline,
     full_model_plan,
+    lite_weights_shipped,
     run_full_model,
 )
 from .pairs import (
@@ -64,6 +65,7 @@ from .safety import (
 )
 from .tokens import (
     GenerationStepper,
+    allowed_probability,
     full_sequence,
     kind_counts,
     mask_figure,
@@ -104,6 +106,7 @@ __all__ = [
     "UntrainedWeightsWarning",
     "alignment_study",
     "alignment_table",
+    "allowed_probability",
     "anatomy_tour",
     "annotation_html",
     "classifier_summary",
@@ -124,6 +127,7 @@ __all__ = [
     "head_probability_figure",
     "header_html",
     "kind_counts",
+    "lite_weights_shipped",
     "load_deidentified",
     "mask_figure",
     "mask_positions",

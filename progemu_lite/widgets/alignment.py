@@ -149,7 +149,7 @@ def classifier_summary(classifier: AlignmentClassifier) -> str:
 def course_systems(
     train_cases: list[Case],
     *,
-    include_model: bool = False,
+    include_model: bool | None = False,
     fast: bool = False,
     seed: int = 0,
     max_text_tokens: int = 48,
@@ -157,14 +157,17 @@ def course_systems(
     """``(systems, model)``: the true follow-up (the classifier's own upper bound), copy-prior
     and nearest-neighbour baselines, plus the course model when ``include_model``
     (:func:`progemu_lite.widgets.models.course_pipeline`: the shipped ``lite`` weights, or
-    random weights with a loud notice). ``model`` is the :class:`CourseModel` or None."""
+    random weights with a loud notice). ``include_model=None``: include it exactly when the
+    trained ``lite`` weights are shipped and ``fast`` is off (a random model's row is noise).
+    ``model`` is the :class:`CourseModel` or None."""
     from ..evaluation.baselines import CopyPrior, ModelSystem, NearestNeighbour, TrueFollowup
+    from .models import course_pipeline, lite_weights_shipped
 
+    if include_model is None:
+        include_model = lite_weights_shipped() and not fast
     systems: list = [TrueFollowup(), CopyPrior(), NearestNeighbour(train_cases)]
     model = None
     if include_model:
-        from .models import course_pipeline
-
         model = course_pipeline(fast=fast, seed=seed)
         system = ModelSystem(
             model.pipe,

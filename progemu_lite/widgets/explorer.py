@@ -21,7 +21,7 @@ import numpy as np
 from ..evaluation.labeler import label_report
 from ..phantom.findings import FINDINGS, PROGRESSION_DIRECTIONS, finding_spec, location_text
 from ..phantom.state import ChestState
-from .figures import OKABE_ITO, FigurePanel, difference_image
+from .figures import OKABE_ITO, FigurePanel, difference_image, mean_pairwise_difference
 from .grading import labeler_html
 from .tokens import text_probability_html
 
@@ -142,6 +142,12 @@ def findings_badges_html(text: str) -> str:
             f'padding-left: 4px"><b>{kind}:</b> {html.escape(words)}</span></li>'
         )
     return "<ul style='list-style: none; padding-left: 0'>" + "".join(items) + "</ul>"
+
+
+def _finding_words(f) -> str:
+    """``new right pleural effusion`` for a labeled finding (direction, side, name)."""
+    direction = None if f.direction == "absent" else f.direction
+    return " ".join(w for w in (direction, f.laterality, f.finding.replace("_", " ")) if w)
 
 
 class CounterfactualExplorer(widgets.VBox):
@@ -362,6 +368,50 @@ class CounterfactualExplorer(widgets.VBox):
             f"in {self.seconds:.1f} s.</span>"
         )
         return self.results
+
+    def samples_summary(self) -> str:
+        """How far the last click's samples agree, measured: per sample the mean probability of
+        its interpretation tokens and what the labeler reads in it (claims, and findings it rules
+        out); how many samples claim the prompt's finding on the prompt's side; how much the
+        images differ. (A trained model should agree on what the prompt fixes; random weights
+        give unrelated noise.)"""
+        if not self.results:
+            raise ValueError("no samples yet: press Generate first")
+        # What the prompt asks for: (finding, side or None) of each claim it makes.
+        prompted = {
+            (f.finding, f.laterality) for f in label_report(self.results[0].prompt) if f.is_claim
+        }
+        lines, stating = [], 0
+        for k, result in enumerate(self.results, start=1):
+            read = label_report(result.interpretation)
+            claims = [f for f in read if f.is_claim]
+            stating += any(
+                f.finding == finding and side in (None, f.laterality)
+                for f in claims
+                for finding, side in prompted
+            )
+            probabilities = result.text_probabilities
+            mean = f"{float(np.mean(probabilities)):.3f}" if len(probabilities) else "-"
+            line = f"sample {k}: mean token probability {mean}; claims: "
+            line += ", ".join(_finding_words(f) for f in claims) or "no finding"
+            ruled_out = [_finding_words(f) for f in read if not f.is_claim]
+            if ruled_out:
+                line += "; rules out: " + ", ".join(ruled_out)
+            lines.append(line)
+        wanted = ", ".join(
+            " ".join(w for w in (side, finding.replace("_", " ")) if w)
+            for finding, side in sorted(prompted, key=str)
+        )
+        lines.append(
+            f"the prompt's finding ({wanted or 'none the labeler knows'}) is claimed in "
+            f"{stating} of {len(self.results)} samples"
+        )
+        if len(self.results) > 1:
+            spread = mean_pairwise_difference([r.image for r in self.results])
+            lines.append(
+                f"mean absolute difference between the sample images: {spread:.1f} gray levels"
+            )
+        return "\n".join(lines)
 
     def _show_results(self, prior: np.ndarray) -> None:
         first = self.results[0]

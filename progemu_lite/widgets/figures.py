@@ -86,6 +86,16 @@ def difference_image(
     return colorize(difference, DIFFERENCE_CMAP, -limit, limit), float(limit)
 
 
+def mean_pairwise_difference(images) -> float:
+    """Mean absolute gray-level difference over every pair of images (0 = all identical):
+    how much several samples of one prompt disagree."""
+    arrays = [np.asarray(im, dtype=np.float32) for im in images]
+    gaps = [float(np.abs(a - b).mean()) for i, a in enumerate(arrays) for b in arrays[i + 1 :]]
+    if not gaps:
+        raise ValueError("need at least two images to compare")
+    return float(np.mean(gaps))
+
+
 def outline(image: np.ndarray, mask: np.ndarray, color: str = OKABE_ITO["orange"]) -> np.ndarray:
     """A gray image as RGB with the boundary of ``mask`` drawn in ``color`` (2 px wide)."""
     from scipy import ndimage

@@ -1,10 +1,15 @@
 """The model the lessons use: the shipped ``lite`` weights when there are some, else random ones.
 
 :func:`course_pipeline` is the one place a lesson gets its model from, so when the trained
-``lite`` weights ship, every lesson uses them with no change to the notebooks. Until then (and
+``lite`` weights ship, every lesson uses them with no change to the notebooks. Without them (and
 in fast mode, which CI uses) it builds a model of the same shapes with **random weights** and
 says so loudly: the returned :class:`CourseModel` carries the notice, shows it as a banner
 when displayed, and a :class:`UntrainedWeightsWarning` is raised once per build.
+
+Loading a course model also applies the course's CPU thread policy
+(:func:`progemu_lite.runtime.configure_torch_threads`: one thread on machines with 2 CPUs or
+fewer, ``PROGEMU_THREADS`` to choose), because two contending threads made a Generate click
+about 50 times slower on a busy 2-core machine.
 """
 
 from __future__ import annotations
@@ -14,16 +19,32 @@ import html
 import warnings
 from dataclasses import dataclass
 
+from ..hub import PACKAGE_WEIGHTS
+
+# Where the trained lite pipeline ships inside the package (the hub's ``lite`` entry).
+SHIPPED_LITE = PACKAGE_WEIGHTS / "lite"
+
 UNTRAINED_NOTICE = (
-    "UNTRAINED WEIGHTS: the trained 'lite' ProgEmu-Lite weights are not available here, so "
-    "this lesson uses a model of the same design with random weights. Its images and "
-    "interpretations are noise: they show how the mechanics work (the token stream, the "
-    "constrained grid, sampling settings, uncertainty), not what a trained model would say."
+    "UNTRAINED WEIGHTS: this lesson uses a model of the ProgEmu-Lite design with random "
+    "weights. Its images and interpretations are noise: they show how the mechanics work (the "
+    "token stream, the constrained grid, sampling settings, uncertainty), not what a trained "
+    "model would say."
 )
+# Why the random model stands in, appended to UNTRAINED_NOTICE.
+FAST_MODE_REASON = (
+    "the lesson runs in fast mode (the tiny shapes CI uses), not on the trained 'lite' weights"
+)
+MISSING_REASON = "the trained {name!r} weights are not available here; {error}"
 
 
 # Course models that may stand in with random weights while their trained weights are missing.
 COURSE_PRESETS = ("lite", "tiny")
+
+
+def lite_weights_shipped() -> bool:
+    """True when the trained ``lite`` pipeline is installed in the package (its config.json is
+    there), so lessons use it instead of stand-ins."""
+    return (SHIPPED_LITE / "config.json").is_file()
 
 
 class UntrainedWeightsWarning(UserWarning):
@@ -38,6 +59,7 @@ class CourseModel:
     name: str
     trained: bool
     notice: str  # "" for trained weights, else UNTRAINED_NOTICE plus why
+    threads: str = ""  # the CPU thread setting in force (progemu_lite.runtime), in words
 
     def notice_html(self) -> str:
         """A banner for the top of a lesson or widget (empty for trained weights)."""
@@ -79,23 +101,26 @@ def course_pipeline(name: str = "lite", *, fast: bool = False, seed: int = 0) ->
     ``fast=True`` (the ``tiny`` shapes, for CI), a model of that preset with random weights
     (``build_random``, cached per process so several widgets share it) and the untrained notice,
     also raised as an :class:`UntrainedWeightsWarning`. Any other name (a folder, a hub id) must
-    load; its errors, like a corrupt checkpoint's, are raised, never papered over.
+    load; its errors, like a corrupt checkpoint's, are raised, never papered over. Applies the
+    CPU thread policy first (:func:`progemu_lite.runtime.configure_torch_threads`).
     """
     from ..model.pipeline import load
+    from ..runtime import configure_torch_threads
 
+    threads = configure_torch_threads().describe()
     fallback = name in COURSE_PRESETS
     if fast:
-        preset, why = "tiny", "fast mode (the tiny shapes CI uses)"
+        preset, why = "tiny", FAST_MODE_REASON
     else:
         try:
-            return CourseModel(load(name, progress=False), name, True, "")
+            return CourseModel(load(name, progress=False), name, True, "", threads)
         except FileNotFoundError as err:  # not shipped / not cached (hub.OfflineError too)
             if not fallback:
                 raise
-            preset, why = name, str(err)
-    notice = f"{UNTRAINED_NOTICE} (Why: {why}.)"
+            preset, why = name, MISSING_REASON.format(name=name, error=str(err).rstrip("."))
+    notice = f"{UNTRAINED_NOTICE} Why: {why}."
     warnings.warn(notice, UntrainedWeightsWarning, stacklevel=2)
-    return CourseModel(_random_pipeline(preset, seed), f"random-{preset}", False, notice)
+    return CourseModel(_random_pipeline(preset, seed), f"random-{preset}", False, notice, threads)
 
 
 # -- lesson 9: the full 8B ProgEmu --------------------------------------------------------------

@@ -264,8 +264,7 @@ def anatomy_tour(seed: int = 0, size: int = 512) -> StaticFigure:
     """
     from matplotlib.figure import Figure
 
-    from ..phantom._raster import Grid
-    from ..phantom.render import Acquisition, PatientRenderer
+    from ..phantom.render import Acquisition, Grid, PatientRenderer
 
     anatomy = _patient(seed)
     radiograph = PatientRenderer(anatomy, size).render(ChestState(), Acquisition())

@@ -16,14 +16,14 @@ import ipywidgets as widgets
 import numpy as np
 
 from ..model.generation import (
-    _DONE,
-    _EOF,
-    _EOI,
-    _EOL,
-    _EOS,
-    _TEXT,
-    _TEXT_OR_EOS,
-    _VISUAL,
+    PHASE_DONE,
+    PHASE_EOF,
+    PHASE_EOI,
+    PHASE_EOL,
+    PHASE_EOS,
+    PHASE_TEXT,
+    PHASE_TEXT_OR_EOS,
+    PHASE_VISUAL,
     GridConstraint,
 )
 from .figures import OKABE_ITO, SEQUENTIAL_CMAP, FigurePanel, StaticFigure, colorize, matplotlib_png
@@ -39,14 +39,14 @@ TOKEN_KINDS: dict[str, tuple[str, str]] = {
     "interpretation": (OKABE_ITO["green"], "interpretation (text, generated)"),
 }
 PHASE_NAMES = {
-    _VISUAL: "visual token",
-    _EOL: "EOL (end of row)",
-    _EOF: "EOF (end of image)",
-    _EOI: "image end",
-    _TEXT: "text only",
-    _TEXT_OR_EOS: "text or EOS",
-    _EOS: "EOS (forced)",
-    _DONE: "padding (finished)",
+    PHASE_VISUAL: "visual token",
+    PHASE_EOL: "EOL (end of row)",
+    PHASE_EOF: "EOF (end of image)",
+    PHASE_EOI: "image end",
+    PHASE_TEXT: "text only",
+    PHASE_TEXT_OR_EOS: "text or EOS",
+    PHASE_EOS: "EOS (forced)",
+    PHASE_DONE: "padding (finished)",
 }
 
 
@@ -299,9 +299,7 @@ def next_token_predictions(pipe, prefix_ids, k: int = 5) -> dict[str, list[tuple
     import torch
 
     c = grid_constraint(pipe)
-    ids = torch.as_tensor(np.asarray(prefix_ids), dtype=torch.long)[None].to(pipe.device)
-    with torch.inference_mode():
-        logits = pipe.model(input_ids=ids, logits_to_keep=1).logits[:, -1, :].float()
+    logits = _next_logits(pipe, prefix_ids)
     out = {}
     masked = c.mask(logits, torch.ones(1, dtype=torch.long))
     for name, scores in (("raw", logits), ("constrained", masked)):
@@ -312,6 +310,27 @@ def next_token_predictions(pipe, prefix_ids, k: int = 5) -> dict[str, list[tuple
             for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
         ]
     return out
+
+
+def _next_logits(pipe, prefix_ids):
+    """The network's logits for the token after ``prefix_ids``: float ``(1, vocab)``."""
+    import torch
+
+    ids = torch.as_tensor(np.asarray(prefix_ids), dtype=torch.long)[None].to(pipe.device)
+    with torch.inference_mode():
+        return pipe.model(input_ids=ids, logits_to_keep=1).logits[:, -1, :].float()
+
+
+def allowed_probability(pipe, prefix_ids) -> tuple[float, float]:
+    """``(raw, uniform)`` for the first generated token: the probability the network alone puts
+    on the tokens the grid rule allows there (the visual tokens), and the share of the
+    vocabulary those tokens are (what a network with no idea of the layout would put there)."""
+    import torch
+
+    logits = _next_logits(pipe, prefix_ids)
+    allowed = grid_constraint(pipe).allowed[PHASE_VISUAL, : logits.shape[-1]].to(logits.device)
+    probs = torch.softmax(logits, dim=-1)[0]
+    return float(probs[allowed].sum()), float(allowed.sum()) / logits.shape[-1]
 
 
 def predictions_table(predictions: dict[str, list[tuple[str, float]]]) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import html
 from dataclasses import dataclass
-from pathlib import Path
 
 import ipywidgets as widgets
 import numpy as np
@@ -29,8 +28,7 @@ from ..tokenization.vq import (
     vq_report,
 )
 from .figures import SEQUENTIAL_CMAP, FigurePanel, StaticFigure, colorize, outline, png_bytes
-
-SHIPPED_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "lite"
+from .models import SHIPPED_LITE, lite_weights_shipped
 
 # The stand-in: the tiny preset (64 px, 8 x 8 grid, 256 codes) trains ~0.2 s/step on 2 cores,
 # so a minute buys a recognisable (if blurry) chest; the lite preset would need hours.
@@ -40,11 +38,16 @@ STAND_IN_IMAGES = 32
 STAND_IN_LR = 2e-3  # high: with so few steps, a cautious rate learns nothing visible
 
 STAND_IN_NOTICE = (
-    "BRIEFLY TRAINED STAND-IN: the trained 'lite' tokenizer is not shipped yet, so this lesson "
-    "uses a small VQ ({preset}, {size}x{size} pixels, {grid}x{grid} codes, {codes} codebook "
-    "entries) trained here for only {steps} steps on simulated radiographs. Its reconstructions "
-    "are much blurrier than a trained tokenizer's: the mechanics are real, the quality is not."
+    "BRIEFLY TRAINED STAND-IN: {why}, so this lesson uses a small VQ ({preset}, "
+    "{size}x{size} pixels, {grid}x{grid} codes, {codes} codebook entries) trained here for only "
+    "{steps} steps on simulated radiographs. Its reconstructions are much blurrier than a "
+    "trained tokenizer's: the mechanics are real, the quality is not."
 )
+# Why the stand-in is used ({why} above).
+STAND_IN_REASONS = {
+    "fast": "the lesson runs in fast mode (seconds, for CI), not on the trained 'lite' tokenizer",
+    "missing": "the trained 'lite' tokenizer is not shipped in this installation",
+}
 
 
 @dataclass
@@ -103,10 +106,13 @@ def course_vq(fast: bool = False, seed: int = 0, progress: bool = True) -> Cours
     is trained once with :func:`~progemu_lite.tokenization.vq_train.train_vq` and saved under
     ``PROGEMU_HOME/course_vq/``; later calls load it. Its notice says it is a stand-in.
     """
-    if not fast and (SHIPPED_WEIGHTS / "config.json").is_file():
+    from ..runtime import configure_torch_threads
+
+    configure_torch_threads()
+    if not fast and lite_weights_shipped():
         from ..model.pipeline import ProgEmuPipeline
 
-        pipe = ProgEmuPipeline.from_pretrained(SHIPPED_WEIGHTS, progress=False)
+        pipe = ProgEmuPipeline.from_pretrained(SHIPPED_LITE, progress=False)
         return CourseVQ(pipe.model.model.vqmodel, "lite", True, "", pipe.image_size)
 
     from transformers import Emu3VQVAE
@@ -119,30 +125,22 @@ def course_vq(fast: bool = False, seed: int = 0, progress: bool = True) -> Cours
     if (folder / "config.json").is_file():  # save_vq writes config.json last: a complete model
         vqmodel = Emu3VQVAE.from_pretrained(folder).eval()
     else:
-        import torch
-
         images = training_images(STAND_IN_IMAGES, size, seed)
-        threads = torch.get_num_threads()
-        # One thread: the tiny model is too small to gain from more, and on a busy machine
-        # contending threads made the same training ten times slower (measured: 50 s vs 4 s).
-        torch.set_num_threads(1)
-        try:
-            vqmodel, _ = train_vq(
-                images,
-                STAND_IN_PRESET,
-                steps=steps,
-                out=folder,
-                progress=progress,
-                batch_size=8,
-                seed=seed,
-                checkpoint_every=steps,
-                lr=STAND_IN_LR,
-                warmup_steps=5,
-            )
-        finally:
-            torch.set_num_threads(threads)
+        vqmodel, _ = train_vq(
+            images,
+            STAND_IN_PRESET,
+            steps=steps,
+            out=folder,
+            progress=progress,
+            batch_size=8,
+            seed=seed,
+            checkpoint_every=steps,
+            lr=STAND_IN_LR,
+            warmup_steps=5,
+        )
         vqmodel.eval()
     notice = STAND_IN_NOTICE.format(
+        why=STAND_IN_REASONS["fast" if fast else "missing"],
         preset=STAND_IN_PRESET,
         size=size,
         grid=size // SPATIAL_FACTOR,
