@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from progemu_lite.files import current_umask
+from progemu_lite.files import replace_folder
 from progemu_lite.phantom.findings import FINDINGS, MAX_SEVERITY, finding_spec
 from progemu_lite.phantom.progression import (
     AnnotationEntry,
@@ -725,14 +725,7 @@ def write_audit_data(folder: str | os.PathLike, index: dict, files: dict[str, by
             (staging / name).write_bytes(data)
         text = json.dumps(index, indent=2, ensure_ascii=False) + "\n"
         (staging / AUDIT_INDEX).write_text(text, encoding="utf-8")
-        staging.chmod(0o777 & ~current_umask())
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            os.replace(folder, old / "data")
-            os.replace(staging, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, folder)
+        replace_folder(staging, folder)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -13,8 +13,10 @@ therefore
 4. renames it over the target, and removes the temporary on any error, leaving an existing
    target untouched.
 
-Folder-level staging (a checkpoint folder, an unpacked archive, a pair of DICOM files published
-together) is a different pattern and lives with its callers.
+Whole folders (a checkpoint, the shipped exercise cases) are staged the same way: written
+completely into a sibling temporary folder, then swapped into place by :func:`replace_folder`.
+Other folder-level patterns (an unpacked archive, a pair of DICOM files published together)
+live with their callers.
 
 Example::
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -107,3 +110,26 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int | N
     """
     text = json.dumps(obj, indent=indent) + "\n"
     return atomic_write_text(path, text)
+
+
+def replace_folder(staging: str | os.PathLike[str], folder: str | os.PathLike[str]) -> Path:
+    """Swap a completely written ``staging`` folder (a sibling of ``folder``) into place.
+
+    Readers see the old folder or the new one, never a mix. Modes are first reset to what a
+    plain ``mkdir``/``open`` would give: ``tempfile.mkdtemp`` makes ``0o700`` folders, which
+    the other users of a shared (JupyterHub) cache could not read.
+    """
+    staging, folder = Path(staging), Path(folder)
+    umask = current_umask()
+    for root, _, files in os.walk(staging):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+    if folder.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        os.replace(folder, old / folder.name)
+        os.replace(staging, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, folder)
+    return folder

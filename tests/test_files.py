@@ -1,4 +1,4 @@
-"""progemu_lite.files: atomic single-file writes."""
+"""progemu_lite.files: atomic single-file writes and folder swaps."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from progemu_lite.files import (
     atomic_write_json,
     atomic_write_text,
     current_umask,
+    replace_folder,
 )
 
 
@@ -123,3 +124,19 @@ def test_result_is_readable_by_group_and_others(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o640  # the umask is respected
     finally:
         os.umask(old)
+
+
+def test_replace_folder_swaps_whole_folders_with_readable_modes(tmp_path):
+    import tempfile
+
+    target = tmp_path / "checkpoint"
+    for version in ("old", "new"):
+        staging = Path(tempfile.mkdtemp(prefix=".checkpoint.tmp-", dir=tmp_path))  # mode 0o700
+        (staging / "sub").mkdir()
+        (staging / "sub" / "weights.bin").write_text(version)
+        assert replace_folder(staging, target) == target
+    assert (target / "sub" / "weights.bin").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]  # nothing left over
+    umask = current_umask()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((target / "sub" / "weights.bin").stat().st_mode) == 0o666 & ~umask

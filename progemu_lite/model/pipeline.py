@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from progemu_lite.files import replace_folder
 from progemu_lite.model.config import CHECKED_VQ_FIELDS, PRESETS, build_model, config_mismatches
 from progemu_lite.model.generation import (
     DEFAULT_MAX_TEXT_TOKENS,
@@ -495,13 +496,7 @@ class ProgEmuPipeline:
                 **(metadata or {}),
             }
             (tmp / PIPELINE_FILE).write_text(json.dumps(info, indent=2) + "\n")
-            if path.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-                os.replace(path, old / "checkpoint")
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
+            replace_folder(tmp, path)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

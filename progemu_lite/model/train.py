@@ -33,7 +33,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from progemu_lite.files import atomic_write, atomic_write_json, atomic_write_text
+from progemu_lite.files import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    replace_folder,
+)
 
 if TYPE_CHECKING:  # heavy: imported where used
     import torch
@@ -881,19 +886,9 @@ def _link_folder(source: Path, final: Path) -> None:
 
     try:
         shutil.copytree(source, tmp, copy_function=link_or_copy)
-        _replace_folder(tmp, final)
+        replace_folder(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _replace_folder(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f".{final.name}.{os.getpid()}.old")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
 
 
 def _save_checkpoint(
@@ -926,7 +921,7 @@ def _save_checkpoint(
         record = {"run": run, "progress": state, "config": _jsonable(asdict(config))}
         text = json.dumps(record, indent=1)
         (tmp / _STATE_FILE).write_text(text)
-        _replace_folder(tmp, folder)
+        replace_folder(tmp, folder)
         atomic_write_text(out / _STATE_FILE, text)
         plot_loss_curve(
             state["train_losses"],
