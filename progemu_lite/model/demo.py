@@ -175,10 +175,8 @@ def save_demo_figure(
     """One row per counterfactual: the prompt above, prior | counterfactual | signed difference
     (one colour scale for the whole figure, with a colour bar per row), the interpretation
     wrapped below, and the caption at the bottom. Saved atomically as a PNG."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     from progemu_lite.files import atomic_write
+    from progemu_lite.image_rows import GRAY, draw_image_row, stacked_rows
     from progemu_lite.phantom.contact_sheet import DIFFERENCE_CMAP
 
     if not rows:
@@ -193,63 +191,49 @@ def save_demo_figure(
 
     # Inches: each image row, the gap that holds the interpretation below one row and the
     # prompt above the next, and the margins for the title (top) and the caption (bottom).
-    image_height, gap, top_margin, bottom_margin = 2.4, 1.5, 1.15, 1.2
-    height = top_margin + bottom_margin + image_height * len(rows) + gap * (len(rows) - 1)
-    fig = Figure(figsize=(8.5, height), dpi=100)
-    FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(
+    fig, grid = stacked_rows(
         len(rows),
-        3,
-        top=1 - top_margin / height,
-        bottom=bottom_margin / height,
-        left=0.03,
+        width=8.5,
+        image_height=2.4,
+        gap=1.5,
+        top_margin=1.15,
+        bottom_margin=1.2,
         right=0.93,
-        hspace=gap / image_height,
         wspace=0.06,
     )
+    height = fig.get_figheight()
     for i, (row, difference) in enumerate(zip(rows, differences, strict=True)):
         panels = (
-            ("prior", row.prior, {"cmap": "gray", "vmin": 0, "vmax": 255}),
-            ("counterfactual", row.image, {"cmap": "gray", "vmin": 0, "vmax": 255}),
+            ("prior", row.prior, GRAY),
+            ("counterfactual", row.image, GRAY),
             (
                 "difference (counterfactual \u2212 prior)",
                 difference,
                 {"cmap": DIFFERENCE_CMAP, "vmin": -limit, "vmax": limit},
             ),
         )
-        for column, (name, image, style) in enumerate(panels):
-            ax = fig.add_subplot(grid[i, column])
-            shown = ax.imshow(image, interpolation="nearest", **style)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(name, fontsize=8.5)
-            if column == 2:
-                bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
-                bar.ax.tick_params(labelsize=7)
-                bar.set_label("gray levels", fontsize=7)
-            if column == 0:
-                ax.text(
-                    0.0,
-                    1.17,
-                    textwrap.fill(
-                        f"Prompt {i + 1} ({row.direction}): {_drawable(row.prompt)}", 100
-                    ),
-                    transform=ax.transAxes,
-                    fontsize=9.5,
-                    fontweight="bold",
-                    va="bottom",
-                    ha="left",
-                )
-                interpretation = _drawable(row.interpretation) or "(empty interpretation)"
-                ax.text(
-                    0.0,
-                    -0.05,
-                    textwrap.fill(f"Interpretation: {interpretation}", 110, max_lines=3),
-                    transform=ax.transAxes,
-                    fontsize=8.5,
-                    va="top",
-                    ha="left",
-                )
+        axes = draw_image_row(fig, grid, i, panels, title_size=8.5, bar_label="gray levels")
+        ax = axes[0]  # the row's text hangs off its first panel
+        ax.text(
+            0.0,
+            1.17,
+            textwrap.fill(f"Prompt {i + 1} ({row.direction}): {_drawable(row.prompt)}", 100),
+            transform=ax.transAxes,
+            fontsize=9.5,
+            fontweight="bold",
+            va="bottom",
+            ha="left",
+        )
+        interpretation = _drawable(row.interpretation) or "(empty interpretation)"
+        ax.text(
+            0.0,
+            -0.05,
+            textwrap.fill(f"Interpretation: {interpretation}", 110, max_lines=3),
+            transform=ax.transAxes,
+            fontsize=8.5,
+            va="top",
+            ha="left",
+        )
     fig.suptitle(
         title or "ProgEmu counterfactuals of one simulated prior", fontsize=11, y=1 - 0.2 / height
     )

@@ -37,6 +37,8 @@ def save_contact_sheet(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    from ..image_rows import GRAY, draw_image_row
+
     if not pairs:
         raise ValueError("a contact sheet needs at least one pair")
     path = Path(path)
@@ -62,34 +64,26 @@ def save_contact_sheet(
         difference = followup - prior
         limit = max(float(np.abs(difference).max()), 1.0)
         panels = (
-            ("prior", prior, {"cmap": "gray", "vmin": 0, "vmax": 255}),
-            ("follow-up", followup, {"cmap": "gray", "vmin": 0, "vmax": 255}),
+            ("prior", prior, GRAY),
+            ("follow-up", followup, GRAY),
             (
                 "difference (follow-up \u2212 prior)",
                 difference,
                 {"cmap": DIFFERENCE_CMAP, "vmin": -limit, "vmax": limit},
             ),
         )
-        for column, (name, image, style) in enumerate(panels):
-            ax = fig.add_subplot(grid[row, column])
-            shown = ax.imshow(image, interpolation="nearest", **style)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(name, fontsize=9)
-            if column == 2:
-                bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
-                bar.ax.tick_params(labelsize=7)
-            if column == 0:
-                caption = f"{pair.label}: {pair.prompt}" if pair.label else pair.prompt
-                ax.text(
-                    0.0,
-                    -0.06,
-                    textwrap.fill(caption, 95),
-                    transform=ax.transAxes,
-                    fontsize=8.5,
-                    va="top",
-                    ha="left",
-                )
+        axes = draw_image_row(fig, grid, row, panels, bar_pad=0.02)
+        ax = axes[0]  # the row's text hangs off its first panel
+        caption = f"{pair.label}: {pair.prompt}" if pair.label else pair.prompt
+        ax.text(
+            0.0,
+            -0.06,
+            textwrap.fill(caption, 95),
+            transform=ax.transAxes,
+            fontsize=8.5,
+            va="top",
+            ha="left",
+        )
     fig.suptitle(title or "Simulated pairs: prior | follow-up | difference", fontsize=11)
     fig.text(
         0.5,

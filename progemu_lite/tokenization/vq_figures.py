@@ -141,58 +141,46 @@ def finding_round_trip(
 
 
 def _draw_finding_figure(cases, recons, rows, path: Path, title: str | None) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     from progemu_lite.files import atomic_write
+    from progemu_lite.image_rows import GRAY, draw_image_row, stacked_rows
 
     errors = [
         np.abs(r.astype(np.float32) - c.image.astype(np.float32))
         for c, r in zip(cases, recons, strict=True)
     ]
     limit = max(8.0, max(float(np.percentile(e, 99.5)) for e in errors))
-    image_height, gap, top_margin, bottom_margin = 2.0, 0.55, 0.75, 0.95  # inches
-    height = top_margin + bottom_margin + image_height * len(cases) + gap * (len(cases) - 1)
-    fig = Figure(figsize=(7.2, height), dpi=100)
-    FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(
+    fig, grid = stacked_rows(
         len(cases),
-        3,
-        top=1 - top_margin / height,
-        bottom=bottom_margin / height,
-        left=0.03,
+        width=7.2,
+        image_height=2.0,
+        gap=0.55,
+        top_margin=0.75,
+        bottom_margin=0.95,
         right=0.92,
-        hspace=gap / image_height,
         wspace=0.05,
     )
+    height = fig.get_figheight()
     for i, (case, recon, error, row) in enumerate(zip(cases, recons, errors, rows, strict=True)):
         panels = (
-            ("original", case.image, {"cmap": "gray", "vmin": 0, "vmax": 255}),
-            ("reconstruction", recon, {"cmap": "gray", "vmin": 0, "vmax": 255}),
+            ("original", case.image, GRAY),
+            ("reconstruction", recon, GRAY),
             ("|difference|", error, {"cmap": ERROR_CMAP, "vmin": 0, "vmax": limit}),
         )
-        for column, (name, image, style) in enumerate(panels):
-            ax = fig.add_subplot(grid[i, column])
-            shown = ax.imshow(image, interpolation="nearest", **style)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(name, fontsize=9)
-            if column == 2:
-                ax.contour(case.mask, levels=[0.5], colors=OUTLINE_COLOR, linewidths=1.0)
-                bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.03)
-                bar.ax.tick_params(labelsize=6.5)
-            if column == 0:
-                ax.text(
-                    0.0,
-                    1.03 if i else 1.12,
-                    f"{case.label}: PSNR {row['psnr']:.1f} dB, sign kept {row['sign_kept']:.0%}",
-                    transform=ax.transAxes,
-                    fontsize=8.5,
-                    fontweight="bold",
-                    va="bottom",
-                    ha="left",
-                )
+        if i:  # column titles on the first row only
+            panels = tuple((None, image, style) for _, image, style in panels)
+        axes = draw_image_row(fig, grid, i, panels, bar_tick_size=6.5)
+        axes[2].contour(case.mask, levels=[0.5], colors=OUTLINE_COLOR, linewidths=1.0)
+        ax = axes[0]  # the row's text hangs off its first panel
+        ax.text(
+            0.0,
+            1.03 if i else 1.12,
+            f"{case.label}: PSNR {row['psnr']:.1f} dB, sign kept {row['sign_kept']:.0%}",
+            transform=ax.transAxes,
+            fontsize=8.5,
+            fontweight="bold",
+            va="bottom",
+            ha="left",
+        )
     fig.suptitle(title or "VQ round trip of each finding", fontsize=11, y=1 - 0.15 / height)
     caption = (
         "One simulated patient per finding type, at its most severe grade. Columns: original | "
