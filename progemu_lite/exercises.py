@@ -97,13 +97,18 @@ class PerturbedCase:
 
     def for_student(self) -> dict:
         """What a student sees: everything but the answer key (``label``, ``change``)."""
-        return {
-            "case_id": self.case_id,
-            "prompt": self.prompt,
-            "reference": self.reference,
-            "generated": self.generated,
-            "annotation": [dict(entry) for entry in self.annotation],
-        }
+        return _student_fields(self)
+
+
+def _student_fields(case) -> dict:
+    """The fields of a grading or audit case that students may see (never the key)."""
+    return {
+        "case_id": case.case_id,
+        "prompt": case.prompt,
+        "reference": case.reference,
+        "generated": case.generated,
+        "annotation": [dict(entry) for entry in case.annotation],
+    }
 
 
 def simulated_case(rng: np.random.Generator) -> SimulatedCase:
@@ -420,13 +425,7 @@ class AuditCase:
 
     def for_student(self) -> dict:
         """What a student sees: everything but the answer key (``label``, ``reason``)."""
-        return {
-            "case_id": self.case_id,
-            "prompt": self.prompt,
-            "reference": self.reference,
-            "generated": self.generated,
-            "annotation": [dict(entry) for entry in self.annotation],
-        }
+        return _student_fields(self)
 
     def images(self) -> tuple[np.ndarray, np.ndarray]:
         """``(prior, counterfactual)`` as uint8 grayscale arrays."""
