@@ -247,3 +247,13 @@ def test_model_row_from_a_checkpoint_folder_is_cached(dataset, classifier_dir, t
     cool = read_json(tmp_path / "cool" / "report.json")
     assert cool["rows"][0]["system"] == f"{model} (temperature=0.5)"
     assert cool["rows"][0]["timing"]["cached"] is False
+    # reading the true follow-ups: its own row and cache entry; its images are the true
+    # follow-ups' VQ round trips (so the vq-reconstruction row's image scores)
+    read_argv = [*argv, "--text-temperature", "0", "--read-true-follow-up"]
+    assert main([*read_argv, "--out", str(tmp_path / "read")]) == 0
+    read = read_json(tmp_path / "read" / "report.json")
+    row = read["rows"][0]
+    assert row["system"] == f"{model} (reads the true follow-up, text_temperature=0.0)"
+    assert row["timing"]["cached"] is False
+    assert row["metrics"]["ssim"] != first["rows"][0]["metrics"]["ssim"]
+    assert main([*read_argv, "--guidance-scale", "3", "--out", str(tmp_path / "bad")]) == 2

@@ -177,6 +177,43 @@ def test_kv_cache_equals_naive_recomputation(setup):
     assert torch.allclose(cached.probabilities, naive.probabilities, atol=1e-5)
 
 
+def test_interpreting_a_given_image_continues_exactly_like_drawing_it(setup):
+    # The interpretation of a given follow-up is the same sequence with the image filled in:
+    # handing the model its own greedy image back must give its own greedy text back.
+    model, builder, prefixes = setup
+    ids = builder.ids
+    h, w = GRID
+    settings = SamplingSettings(temperature=0, max_text_tokens=6)
+    drawn = generate(model, prefixes, builder.ids, GRID, settings)
+    given = []
+    for i, prefix in enumerate(prefixes):
+        seq = drawn.row(i)[0]
+        codes = seq[: h * (w + 1)].reshape(h, w + 1)[:, :w] - ids.visual_offset
+        given.append(np.concatenate([prefix, builder.grid_ids(codes), [ids.eof, ids.eoi]]))
+    read = generate(model, given, builder.ids, GRID, settings)
+    for i in range(len(prefixes)):
+        full_ids, full_probs = drawn.row(i)
+        text_ids, text_probs = read.row(i)
+        assert text_ids[-1] == ids.eos and (text_ids[:-1] < ids.text_vocab_size).all()
+        assert np.array_equal(text_ids, full_ids[h * (w + 1) + 2 :])
+        assert np.allclose(text_probs, full_probs[h * (w + 1) + 2 :], atol=1e-5)
+
+
+def test_prefixes_must_all_draw_or_all_read(setup):
+    model, builder, prefixes = setup
+    ids = builder.ids
+    codes = np.zeros(GRID, dtype=np.int64)
+    reading = np.concatenate([prefixes[0], builder.grid_ids(codes), [ids.eof, ids.eoi]])
+    with pytest.raises(ValueError, match="got a mix or neither"):
+        generate(model, [prefixes[0], reading], ids, GRID)
+    with pytest.raises(ValueError, match="got a mix or neither"):
+        generate(model, [prefixes[0][:-1]], ids, GRID)
+    with pytest.raises(ValueError, match="not to reading one"):
+        generate(
+            model, [reading], ids, GRID, SamplingSettings(guidance_scale=3), null_prefix=reading
+        )
+
+
 def test_constraint_works_inside_transformers_generate(setup):
     from transformers import LogitsProcessorList
 

@@ -54,6 +54,28 @@ def test_call_returns_image_text_ids_and_probabilities(pipe, prior):
     assert np.array_equal(result.image, again.image)
 
 
+def test_interpret_reads_a_given_follow_up(pipe, prior):
+    followup = np.clip(prior.astype(int) + 60, 0, 255).astype(np.uint8)
+    result = pipe.interpret(prior, PROMPT, followup, max_text_tokens=10)
+    assert np.array_equal(result.codes, pipe.encode_images(followup[None])[0])
+    # The image is the follow-up as the model read it: its VQ round trip.
+    assert np.array_equal(result.image, pipe.decode_codes(result.codes[None])[0])
+    assert result.token_ids[-1] == pipe.builder.ids.eos
+    assert len(result.text_probabilities) == len(result.token_ids) - 1
+    assert result.interpretation == pipe.builder.decode_text(result.token_ids[:-1]).strip()
+    assert result.settings["given_followup"] and result.settings["temperature"] == 0
+    # Greedy by default: the same call gives the same text.
+    assert pipe.interpret(prior, PROMPT, followup, max_text_tokens=10).interpretation == (
+        result.interpretation
+    )
+    with pytest.raises(ValueError, match="one of each per case"):
+        pipe.interpret_batch([prior], [PROMPT], [followup, followup])
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        pipe.interpret(prior, " ", followup)
+    with pytest.raises(ValueError, match="follow-up image 0 is missing"):
+        pipe.interpret(prior, PROMPT, None)
+
+
 def test_save_load_round_trip_gives_identical_logits(pipe, checkpoint, prior):
     loaded = ProgEmuPipeline.from_pretrained(checkpoint)
     assert loaded.preset == "tiny" and loaded.grid == (8, 8)

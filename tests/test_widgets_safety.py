@@ -19,6 +19,7 @@ from progemu_lite.widgets import (
     domain_shift_study,
     histogram_figure,
     intensity_stats,
+    reading_check,
     real_radiograph,
     safety_checklist_html,
     simulated_population,
@@ -131,6 +132,33 @@ def test_seed_comparison_headless(model, priors):
     # The same seed reproduces the same image.
     again = model.pipe(widget.prior, PROMPT, seed=4, max_text_tokens=8)
     np.testing.assert_array_equal(again.image, widget.results[0].image)
+
+
+def test_reading_check_interprets_three_follow_ups_of_one_simulated_pair(model):
+    check = reading_check(model, seed=0, max_text_tokens=6)
+    index = next(
+        i
+        for i in range(50)
+        if any(
+            e.direction == "stable"
+            for e in next(simulate_patient(PhantomConfig(50, 1, 64, 0), i)).annotation
+        )
+    )
+    pair = next(simulate_patient(PhantomConfig(50, 1, 64, 0), index))
+    assert check.prompt == pair.record.prompt and check.reference == pair.record.interpretation
+    labels = [label for label, _, _ in check.readings]
+    assert labels == ["its own drawing", "the true follow-up", "the unchanged prior"]
+    # Each image is the follow-up as the model read it: the unchanged prior's VQ round trip.
+    prior_codes = model.pipe.encode_images(pair.prior.image[None])
+    assert np.array_equal(check.readings[2][1], model.pipe.decode_codes(prior_codes)[0])
+    expected = model.pipe.interpret(
+        pair.prior.image, pair.record.prompt, pair.followup.image, max_text_tokens=6
+    )
+    assert check.readings[1][2] == expected.interpretation
+    table = check.table()
+    assert pair.record.prompt in table and "the unchanged prior" in table
+    page = check._repr_html_()
+    assert page.count("<img") == 3 and "untrained weights" in page
 
 
 def test_safety_checklist_says_not_for_clinical_use():

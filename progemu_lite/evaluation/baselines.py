@@ -191,18 +191,35 @@ class VQReconstruction:
 
 
 class ModelSystem:
-    """A ProgEmu pipeline; ``seed`` makes its sampling (and so its cache entry) reproducible."""
+    """A ProgEmu pipeline; ``seed`` makes its sampling (and so its cache entry) reproducible.
+    ``reads_true_followup``: the model interprets each case's true follow-up
+    (``ProgEmuPipeline.interpret_batch``) instead of drawing one; the row's image is the true
+    follow-up as the model read it (its VQ round trip)."""
 
-    description = "ProgEmu pipeline"
-
-    def __init__(self, pipeline, *, name: str, folder: Path | None, seed: int, **sampling):
+    def __init__(
+        self,
+        pipeline,
+        *,
+        name: str,
+        folder: Path | None,
+        seed: int,
+        reads_true_followup: bool = False,
+        **sampling,
+    ):
         self.pipeline = pipeline
         self.name = name
         self.seed = seed
+        self.reads_true_followup = reads_true_followup
         self.sampling = sampling
+        self.description = (
+            "ProgEmu interpretation of the true follow-up"
+            if reads_true_followup
+            else "ProgEmu pipeline"
+        )
         self.progress = True  # the pipeline's tqdm bar over batches
         identity = _folder_identity(folder) if folder is not None else "in-memory"
-        settings = json.dumps(sampling, sort_keys=True)
+        mode = {"reads_true_followup": True} if reads_true_followup else {}
+        settings = json.dumps({**sampling, **mode}, sort_keys=True)
         self.cache_key = (
             f"model-{identity}-seed{seed}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
         )
@@ -212,13 +229,20 @@ class ModelSystem:
 
         if not cases:
             return []
-        results = self.pipeline.batch(
-            [c.prior for c in cases],
-            [c.prompt for c in cases],
-            seed=self.seed,
-            progress=self.progress,
-            **self.sampling,
-        )
+        priors, prompts = [c.prior for c in cases], [c.prompt for c in cases]
+        if self.reads_true_followup:
+            results = self.pipeline.interpret_batch(
+                priors,
+                prompts,
+                [c.followup for c in cases],
+                seed=self.seed,
+                progress=self.progress,
+                **self.sampling,
+            )
+        else:
+            results = self.pipeline.batch(
+                priors, prompts, seed=self.seed, progress=self.progress, **self.sampling
+            )
         side = cases[0].prior.shape[0]
         outputs = []
         for result in results:
@@ -229,7 +253,9 @@ class ModelSystem:
         return outputs
 
 
-def load_model_system(checkpoint: str, *, seed: int, **sampling) -> tuple[object | None, str]:
+def load_model_system(
+    checkpoint: str, *, seed: int, reads_true_followup: bool = False, **sampling
+) -> tuple[object | None, str]:
     """``(ModelSystem, "")`` when ``checkpoint`` resolves to loadable weights, else
     ``(None, reason)``: the model package missing, no weights, a broken checkpoint."""
     try:
@@ -244,6 +270,16 @@ def load_model_system(checkpoint: str, *, seed: int, **sampling) -> tuple[object
     except (FileNotFoundError, ValueError, OSError, ImportError, KeyError) as err:
         return None, f"no usable weights for checkpoint {checkpoint!r}: {err}"
     # Non-default sampling shows in the row's name: "model:lite (temperature=0.7)".
-    settings = ", ".join(f"{k}={v}" for k, v in sorted(sampling.items()))
-    name = f"model:{checkpoint}" + (f" ({settings})" if settings else "")
-    return ModelSystem(pipeline, name=name, folder=Path(folder), seed=seed, **sampling), ""
+    settings = [f"{k}={v}" for k, v in sorted(sampling.items())]
+    if reads_true_followup:
+        settings.insert(0, "reads the true follow-up")
+    name = f"model:{checkpoint}" + (f" ({', '.join(settings)})" if settings else "")
+    system = ModelSystem(
+        pipeline,
+        name=name,
+        folder=Path(folder),
+        seed=seed,
+        reads_true_followup=reads_true_followup,
+        **sampling,
+    )
+    return system, ""

@@ -86,6 +86,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="model classifier-free guidance scale (the pipeline's 1.0 = none)",
     )
+    ev.add_argument(
+        "--read-true-follow-up",
+        action="store_true",
+        help="the model writes its interpretation of each case's TRUE follow-up instead of "
+        "drawing its own (separates what the text reads from the image from what it takes "
+        "from the prompt; its image columns score the true follow-up's VQ round trip)",
+    )
     ev.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (200)")
     ev.add_argument("--max-cases", type=int, default=None, help="score at most N cases")
     ev.add_argument("--examples", type=int, default=4, help="example cases in the PNG (4)")
@@ -223,7 +230,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
             )
             if value is not None
         }
-        model, reason = B.load_model_system(args.checkpoint, seed=args.seed, **sampling)
+        if args.read_true_follow_up and "guidance_scale" in sampling:
+            raise ValueError("--guidance-scale applies to drawing, not to --read-true-follow-up")
+        model, reason = B.load_model_system(
+            args.checkpoint,
+            seed=args.seed,
+            reads_true_followup=args.read_true_follow_up,
+            **sampling,
+        )
         if model is None:
             message = f"model row skipped: {reason}; evaluating the baselines only"
             print(message, file=sys.stderr)

@@ -229,8 +229,10 @@ def generate(
     """Generate image + interpretation for a batch of inference prefixes.
 
     ``prefixes``: id sequences ending with the follow-up's ``<|image token|>`` (see
-    ``SequenceBuilder.prefix_ids``). ``null_prefix``: the null-condition prefix, required when
-    ``settings.guidance_scale != 1``. ``use_cache=False`` recomputes the whole sequence at every
+    ``SequenceBuilder.prefix_ids``): the image is drawn, then interpreted. Prefixes that end
+    with the follow-up's ``<|image end|>`` (``SequenceBuilder.interpretation_prefix_ids``)
+    already hold the image: only its interpretation is generated. ``null_prefix``: the
+    null-condition prefix, required when ``settings.guidance_scale != 1`` (drawing only). ``use_cache=False`` recomputes the whole sequence at every
     step (the naive baseline of the speed benchmark). ``max_new_tokens`` stops early (the
     output is then cut inside the layout; for benchmarks).
     """
@@ -248,7 +250,23 @@ def generate(
         min_text_tokens=settings.min_text_tokens,
         device=device,
     )
+    # Where every row starts in the output layout: offset 1 draws the image, offset
+    # image_tokens + 3 (after EOF and <|image end|>) writes the interpretation of a given image.
+    ends = {int(np.asarray(p)[-1]) if len(p) else None for p in prefixes}
+    if ends == {ids.img}:
+        first_offset = 1
+    elif ends == {ids.eoi}:
+        first_offset = constraint.image_tokens + 3
+    else:
+        raise ValueError(
+            "every prefix must end with the follow-up's <|image token|> (to draw it) or every "
+            "one with its <|image end|> (to interpret a given image); got a mix or neither"
+        )
     guided = settings.guidance_scale != 1.0
+    if guided and first_offset != 1:
+        raise ValueError(
+            "classifier-free guidance applies to drawing the image, not to reading one"
+        )
     if guided and null_prefix is None:
         raise ValueError("classifier-free guidance needs the null-condition prefix")
     batch = len(prefixes)
@@ -266,7 +284,9 @@ def generate(
             seed = int(torch.randint(0, 2**62, (1,)).item())
         generator.manual_seed(int(seed))
 
-    steps = constraint.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+    steps = constraint.max_new_tokens - (first_offset - 1)
+    if max_new_tokens is not None:
+        steps = int(max_new_tokens)
     out_ids = torch.full((batch, steps), ids.pad, dtype=torch.long, device=device)
     out_probs = torch.zeros((batch, steps), dtype=torch.float32, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -285,7 +305,7 @@ def generate(
     # Without padding the causal mask is implied; skipping the 2-D mask saves work every step.
     padded = not bool(attention_mask.all())
     # All rows start right after the prefix, so they share the offset: one phase per step.
-    schedule = constraint.phases(torch.arange(1, steps + 1, device=device))
+    schedule = constraint.phases(torch.arange(first_offset, first_offset + steps, device=device))
     done_row = constraint.allowed[PHASE_DONE]
     text_steps = (schedule >= PHASE_TEXT).tolist()  # steps sampled at the text temperature
     no_filter = (settings.top_k is None or settings.top_k >= vocab_size) and (

@@ -673,6 +673,54 @@ class ProgEmuPipeline:
             )
         return prompt.strip()
 
+    def _settings(self, max_text_tokens: int, **sampling) -> SamplingSettings:
+        settings = SamplingSettings(
+            max_text_tokens=max_text_tokens,
+            min_text_tokens=min(DEFAULT_MIN_TEXT_TOKENS, max_text_tokens),
+            **sampling,
+        )
+        settings.check()
+        return settings
+
+    def _check_fits(self, prefixes, prompts: Sequence[str], settings: SamplingSettings) -> None:
+        """A clear error when a prompt leaves too little room for the tokens still to come."""
+        limit = self.model.config.text_config.max_position_embeddings
+        image_tokens = self.grid[0] * (self.grid[1] + 1) + 2  # grid rows + EOF + EOI
+        for i, prefix in enumerate(prefixes):
+            drawn = 0 if prefix[-1] == self.builder.ids.eoi else image_tokens
+            overflow = len(prefix) + drawn + settings.max_text_tokens + 1 - limit
+            if overflow > 0:
+                n_prompt = len(self.builder.encode_text(prompts[i]))
+                raise ValueError(
+                    f"prompt {i} is {n_prompt} tokens; with max_text_tokens="
+                    f"{settings.max_text_tokens} this model allows at most "
+                    f"{max(n_prompt - overflow, 0)} (max_position_embeddings={limit})"
+                )
+
+    def _generate_chunks(self, prefixes, settings, batch_size: int, progress: bool, null_prefix):
+        """``(start, settings, GenerationOutput)`` for each chunk of ``batch_size`` prefixes;
+        a seeded run gives chunk k the seed ``seed + k``."""
+        from tqdm.auto import tqdm
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        starts = range(0, len(prefixes), batch_size)
+        for chunk, start in enumerate(tqdm(starts, disable=not progress, desc="generating")):
+            chunk_settings = settings
+            if settings.seed is not None and chunk:
+                chunk_settings = SamplingSettings(
+                    **{**settings.__dict__, "seed": settings.seed + chunk}
+                )
+            out = generate(
+                self.model,
+                prefixes[start : start + batch_size],
+                self.builder.ids,
+                self.grid,
+                chunk_settings,
+                null_prefix=null_prefix,
+            )
+            yield start, chunk_settings, out
+
     def batch(
         self,
         priors: Sequence,
@@ -691,7 +739,6 @@ class ProgEmuPipeline:
     ) -> list[Counterfactual]:
         """Counterfactuals for several (prior, prompt) pairs, ``batch_size`` at a time."""
         import torch
-        from tqdm.auto import tqdm
 
         if unconditional:
             priors = list(priors) if priors is not None else [None] * len(prompts)
@@ -699,19 +746,15 @@ class ProgEmuPipeline:
             raise ValueError(f"{len(priors)} prior images but {len(prompts)} prompts")
         if not prompts:
             return []
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        settings = SamplingSettings(
+        settings = self._settings(
+            max_text_tokens,
             temperature=temperature,
             text_temperature=text_temperature,
             top_k=top_k,
             top_p=top_p,
             guidance_scale=guidance_scale,
             seed=seed,
-            max_text_tokens=max_text_tokens,
-            min_text_tokens=min(DEFAULT_MIN_TEXT_TOKENS, max_text_tokens),
         )
-        settings.check()
         clean_prompts = [
             self._check_prompt(p, unconditional, f"prompt {i}") for i, p in enumerate(prompts)
         ]
@@ -726,40 +769,19 @@ class ProgEmuPipeline:
         prefixes = [
             self._prefix(c, p, unconditional) for c, p in zip(codes, clean_prompts, strict=True)
         ]
-        limit = self.model.config.text_config.max_position_embeddings
-        new_tokens = self.grid[0] * (self.grid[1] + 1) + 3 + max_text_tokens
-        for i, prefix in enumerate(prefixes):
-            if len(prefix) + new_tokens > limit:
-                n_prompt = len(self.builder.encode_text(clean_prompts[i]))
-                allowed = n_prompt - (len(prefix) + new_tokens - limit)
-                raise ValueError(
-                    f"prompt {i} is {n_prompt} tokens; with max_text_tokens={max_text_tokens} "
-                    f"this model allows at most {max(allowed, 0)} "
-                    f"(max_position_embeddings={limit})"
-                )
+        self._check_fits(prefixes, clean_prompts, settings)
         null_prefix = self.builder.null_prefix_ids(self.grid)
 
         results: list[Counterfactual] = []
-        starts = range(0, len(prefixes), batch_size)
-        for chunk, start in enumerate(tqdm(starts, disable=not progress, desc="generating")):
-            chunk_settings = settings
-            if seed is not None and chunk:
-                chunk_settings = SamplingSettings(**{**settings.__dict__, "seed": seed + chunk})
-            out = generate(
-                self.model,
-                prefixes[start : start + batch_size],
-                self.builder.ids,
-                self.grid,
-                chunk_settings,
-                null_prefix=null_prefix,
-            )
+        n_image = self.grid[0] * (self.grid[1] + 1) + 2  # grid rows + EOF + EOI
+        chunks = self._generate_chunks(prefixes, settings, batch_size, progress, null_prefix)
+        for start, chunk_settings, out in chunks:
             parsed = []
             for i in range(len(out.lengths)):
                 ids_i, probs_i = out.row(i)
                 parsed.append((ids_i, probs_i, self.builder.parse_generated(ids_i, self.grid)))
             with torch.inference_mode():
                 pictures = self.decode_codes(np.stack([p.codes for _, _, p in parsed]))
-            n_image = self.grid[0] * (self.grid[1] + 1) + 2  # grid rows + EOF + EOI
             for j, (ids_i, probs_i, p) in enumerate(parsed):
                 k = start + j
                 results.append(
@@ -808,6 +830,83 @@ class ProgEmuPipeline:
             max_text_tokens=max_text_tokens,
             unconditional=unconditional,
         )[0]
+
+    def interpret_batch(
+        self,
+        priors: Sequence,
+        prompts: Sequence[str],
+        followups: Sequence,
+        *,
+        temperature: float = 0.0,
+        text_temperature: float | None = None,
+        top_k: int | None = DEFAULT_TOP_K,
+        top_p: float | None = None,
+        seed: int | None = None,
+        max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS,
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> list[Counterfactual]:
+        """The model's interpretation of GIVEN follow-up images (a true follow-up, another
+        model's image, the prior itself) instead of one it draws: the same sequence with the
+        follow-up's codes filled in, then only the text generated. Comparing it with
+        :meth:`batch` separates what the text reads from the image from what it takes from the
+        prompt. Greedy by default; ``text_temperature`` (if given) overrides ``temperature``.
+        Each result's ``image`` is the follow-up as the model read it (its VQ round trip)."""
+        if not len(priors) == len(prompts) == len(followups):
+            raise ValueError(
+                f"{len(priors)} prior images, {len(prompts)} prompts and {len(followups)} "
+                "follow-up images: one of each per case"
+            )
+        if not prompts:
+            return []
+        settings = self._settings(
+            max_text_tokens,
+            temperature=temperature if text_temperature is None else text_temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+        )
+        clean_prompts = [self._check_prompt(p, False, f"prompt {i}") for i, p in enumerate(prompts)]
+        images = [self.prepare_image(p, what=f"prior image {i}") for i, p in enumerate(priors)]
+        given = [
+            self.prepare_image(f, what=f"follow-up image {i}") for i, f in enumerate(followups)
+        ]
+        prior_codes = self.encode_images(np.stack(images))
+        followup_codes = self.encode_images(np.stack(given))
+        prefixes = [
+            self.builder.interpretation_prefix_ids(c, p, f)
+            for c, p, f in zip(prior_codes, clean_prompts, followup_codes, strict=True)
+        ]
+        self._check_fits(prefixes, clean_prompts, settings)
+        seen = self.decode_codes(followup_codes)
+
+        results: list[Counterfactual] = []
+        for start, chunk_settings, out in self._generate_chunks(
+            prefixes, settings, batch_size, progress, None
+        ):
+            for j in range(len(out.lengths)):
+                ids_j, probs_j = out.row(j)
+                text_ids = ids_j[:-1] if len(ids_j) and ids_j[-1] == self.builder.ids.eos else ids_j
+                k = start + j
+                results.append(
+                    Counterfactual(
+                        image=seen[k],
+                        interpretation=self.builder.decode_text(text_ids).strip(),
+                        token_ids=ids_j,
+                        token_probabilities=probs_j,
+                        codes=followup_codes[k],
+                        prior=images[k],
+                        prompt=clean_prompts[k],
+                        truncated=len(text_ids) >= max_text_tokens,
+                        text_probabilities=probs_j[: len(text_ids)],
+                        settings={**chunk_settings.__dict__, "given_followup": True},
+                    )
+                )
+        return results
+
+    def interpret(self, prior, prompt: str, followup, **sampling) -> Counterfactual:
+        """The model's interpretation of one given follow-up image (see :meth:`interpret_batch`)."""
+        return self.interpret_batch([prior], [prompt], [followup], **sampling)[0]
 
 
 def build_random(

@@ -186,17 +186,26 @@ class SequenceBuilder:
     def null_prefix_ids(self, grid: tuple[int, int]) -> np.ndarray:
         return self.prefix_ids(None, "", grid)
 
+    def interpretation_prefix_ids(self, prior_codes, prompt, followup_codes) -> np.ndarray:
+        """Everything before the interpretation: the inference prefix plus the follow-up's
+        codes, EOF and ``<|image end|>``. Generating from it interprets a GIVEN follow-up."""
+        followup_codes = np.asarray(followup_codes)
+        return np.concatenate(
+            [
+                self.prefix_ids(prior_codes, prompt, followup_codes.shape),
+                self.grid_ids(followup_codes),
+                np.asarray([self.ids.eof, self.ids.eoi], dtype=np.int64),
+            ]
+        )
+
     def training_ids(
         self, prior_codes, prompt, followup_codes, interpretation
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(input_ids, labels)`` of one full sequence. The loss covers the whole sequence
         (as the official training does); transformers shifts the labels itself."""
-        followup_codes = np.asarray(followup_codes)
         input_ids = np.concatenate(
             [
-                self.prefix_ids(prior_codes, prompt, followup_codes.shape),
-                self.grid_ids(followup_codes),
-                np.asarray([self.ids.eof, self.ids.eoi], dtype=np.int64),
+                self.interpretation_prefix_ids(prior_codes, prompt, followup_codes),
                 self._text(interpretation),
                 np.asarray([self.ids.eos], dtype=np.int64),
             ]

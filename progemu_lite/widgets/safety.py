@@ -377,6 +377,83 @@ class SeedComparison(widgets.VBox):
         return mean_pairwise_difference([r.image for r in self.results])
 
 
+# -- does the interpretation read the image? -----------------------------------------------------
+
+
+@dataclass
+class ReadingCheck:
+    """One simulated pair's prior and prompt, and the model's interpretation of three
+    follow-ups: the one it draws itself, the true one, and the unchanged prior. When the three
+    texts say the same, the interpretation follows the prompt, not the image."""
+
+    prompt: str
+    reference: str  # the pair's true interpretation (the simulator's)
+    readings: list[tuple[str, np.ndarray, str]]  # (follow-up, image as the model read it, text)
+    trained: bool
+
+    def table(self) -> str:
+        width = max(len(label) for label, _, _ in self.readings)
+        lines = [f"prompt: {self.prompt}", f"{'true interpretation':<{width}}  {self.reference}"]
+        lines += [f"{label:<{width}}  {text}" for label, _, text in self.readings]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from .explorer import findings_badges_html
+
+        weights = "" if self.trained else " (untrained weights: noise)"
+        cells = []
+        for label, image, text in self.readings:
+            figure = figure_html(
+                png_bytes(image),
+                f"The follow-up the model read: {label}",
+                f"The model reads {label}{weights}: {text}",
+                160,
+            )
+            cells.append(
+                f"<div style='display:inline-block; vertical-align:top; width:220px; "
+                f"margin-right:12px'>{figure}{findings_badges_html(text)}</div>"
+            )
+        return (
+            f"<p><b>Prompt:</b> {html.escape(self.prompt)}<br><b>True interpretation:</b> "
+            f"{html.escape(self.reference)}</p><div>{''.join(cells)}</div>"
+        )
+
+
+def reading_check(
+    model, *, seed: int = 0, max_text_tokens: int = 32, patients: int = 50
+) -> ReadingCheck:
+    """Interpretations (greedy) of three follow-ups for one simulated prior and prompt, with
+    :meth:`~progemu_lite.model.pipeline.ProgEmuPipeline.interpret`. The pair is the first of
+    ``patients`` simulated ones (same generator as the course data) whose prior has a finding
+    that stays, so a reading of the image has something to report beyond the prompt."""
+    from ..phantom.dataset import PhantomConfig, simulate_patient
+
+    config = PhantomConfig(
+        patients=patients, pairs_per_patient=1, size=model.pipe.image_size, seed=seed
+    )
+    pair = None
+    for index in range(patients):
+        pair = next(simulate_patient(config, index))
+        if any(entry.direction == "stable" for entry in pair.annotation):
+            break
+    prior, followup = pair.prior.image, pair.followup.image
+    prompt = pair.record.prompt
+    pipe = model.pipe
+    drawn = pipe(prior, prompt, seed=seed, text_temperature=0, max_text_tokens=max_text_tokens)
+    true = pipe.interpret(prior, prompt, followup, max_text_tokens=max_text_tokens)
+    unchanged = pipe.interpret(prior, prompt, prior, max_text_tokens=max_text_tokens)
+    return ReadingCheck(
+        prompt=prompt,
+        reference=pair.record.interpretation,
+        readings=[
+            ("its own drawing", drawn.image, drawn.interpretation),
+            ("the true follow-up", true.image, true.interpretation),
+            ("the unchanged prior", unchanged.image, unchanged.interpretation),
+        ],
+        trained=model.trained,
+    )
+
+
 # -- clinical safety ----------------------------------------------------------------------------
 
 INTENDED_USE = (
