@@ -247,13 +247,16 @@ def test_model_row_from_a_checkpoint_folder_is_cached(dataset, classifier_dir, t
     cool = read_json(tmp_path / "cool" / "report.json")
     assert cool["rows"][0]["system"] == f"{model} (temperature=0.5)"
     assert cool["rows"][0]["timing"]["cached"] is False
-    # reading the true follow-ups: its own row and cache entry; its images are the true
-    # follow-ups' VQ round trips (so the vq-reconstruction row's image scores)
-    read_argv = [*argv, "--text-temperature", "0", "--read-true-follow-up"]
-    assert main([*read_argv, "--out", str(tmp_path / "read")]) == 0
-    read = read_json(tmp_path / "read" / "report.json")
-    row = read["rows"][0]
-    assert row["system"] == f"{model} (reads the true follow-up, text_temperature=0.0)"
-    assert row["timing"]["cached"] is False
-    assert row["metrics"]["ssim"] != first["rows"][0]["metrics"]["ssim"]
-    assert main([*read_argv, "--guidance-scale", "3", "--out", str(tmp_path / "bad")]) == 2
+    # reading given follow-ups: own rows and cache entries; the images are the VQ round trips
+    # of the true follow-ups (so the vq-reconstruction row's image scores) or of the priors
+    read_argv = [*argv, "--text-temperature", "0", "--read-follow-up"]
+    assert main([*read_argv, "true", "--out", str(tmp_path / "true")]) == 0
+    assert main([*read_argv, "prior", "--out", str(tmp_path / "prior")]) == 0
+    true_row = read_json(tmp_path / "true" / "report.json")["rows"][0]
+    prior_row = read_json(tmp_path / "prior" / "report.json")["rows"][0]
+    assert true_row["system"] == f"{model} (reads the true follow-up, text_temperature=0.0)"
+    assert prior_row["system"] == f"{model} (reads the unchanged prior, text_temperature=0.0)"
+    assert true_row["timing"]["cached"] is False and prior_row["timing"]["cached"] is False
+    assert true_row["metrics"]["ssim"] != first["rows"][0]["metrics"]["ssim"]
+    assert prior_row["metrics"]["ssim"] != true_row["metrics"]["ssim"]
+    assert main([*read_argv, "true", "--guidance-scale", "3", "--out", str(tmp_path / "x")]) == 2

@@ -30,6 +30,10 @@ import numpy as np
 THUMB = 32
 
 
+# What ``ModelSystem(reads=...)`` can hand the model to interpret instead of its own drawing.
+READABLE_FOLLOWUPS = {"true": "true follow-up", "prior": "unchanged prior"}
+
+
 @dataclass
 class Case:
     """One evaluated pair: inputs, truth and what the scores need."""
@@ -192,9 +196,9 @@ class VQReconstruction:
 
 class ModelSystem:
     """A ProgEmu pipeline; ``seed`` makes its sampling (and so its cache entry) reproducible.
-    ``reads_true_followup``: the model interprets each case's true follow-up
-    (``ProgEmuPipeline.interpret_batch``) instead of drawing one; the row's image is the true
-    follow-up as the model read it (its VQ round trip)."""
+    ``reads``: instead of drawing, the model interprets a given follow-up
+    (``ProgEmuPipeline.interpret_batch``): ``"true"`` each case's true follow-up, ``"prior"``
+    its unchanged prior. The row's image is then that image as the model read it."""
 
     def __init__(
         self,
@@ -203,22 +207,24 @@ class ModelSystem:
         name: str,
         folder: Path | None,
         seed: int,
-        reads_true_followup: bool = False,
+        reads: str | None = None,
         **sampling,
     ):
+        if reads not in (None, *READABLE_FOLLOWUPS):
+            raise ValueError(f"reads must be one of {READABLE_FOLLOWUPS} or None, got {reads!r}")
         self.pipeline = pipeline
         self.name = name
         self.seed = seed
-        self.reads_true_followup = reads_true_followup
+        self.reads = reads
         self.sampling = sampling
         self.description = (
-            "ProgEmu interpretation of the true follow-up"
-            if reads_true_followup
+            f"ProgEmu interpretation of the {READABLE_FOLLOWUPS[reads]}"
+            if reads
             else "ProgEmu pipeline"
         )
         self.progress = True  # the pipeline's tqdm bar over batches
         identity = _folder_identity(folder) if folder is not None else "in-memory"
-        mode = {"reads_true_followup": True} if reads_true_followup else {}
+        mode = {"reads": reads} if reads else {}
         settings = json.dumps({**sampling, **mode}, sort_keys=True)
         self.cache_key = (
             f"model-{identity}-seed{seed}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
@@ -230,11 +236,11 @@ class ModelSystem:
         if not cases:
             return []
         priors, prompts = [c.prior for c in cases], [c.prompt for c in cases]
-        if self.reads_true_followup:
+        if self.reads:
             results = self.pipeline.interpret_batch(
                 priors,
                 prompts,
-                [c.followup for c in cases],
+                [c.followup if self.reads == "true" else c.prior for c in cases],
                 seed=self.seed,
                 progress=self.progress,
                 **self.sampling,
@@ -254,7 +260,7 @@ class ModelSystem:
 
 
 def load_model_system(
-    checkpoint: str, *, seed: int, reads_true_followup: bool = False, **sampling
+    checkpoint: str, *, seed: int, reads: str | None = None, **sampling
 ) -> tuple[object | None, str]:
     """``(ModelSystem, "")`` when ``checkpoint`` resolves to loadable weights, else
     ``(None, reason)``: the model package missing, no weights, a broken checkpoint."""
@@ -271,15 +277,15 @@ def load_model_system(
         return None, f"no usable weights for checkpoint {checkpoint!r}: {err}"
     # Non-default sampling shows in the row's name: "model:lite (temperature=0.7)".
     settings = [f"{k}={v}" for k, v in sorted(sampling.items())]
-    if reads_true_followup:
-        settings.insert(0, "reads the true follow-up")
+    if reads:
+        settings.insert(0, f"reads the {READABLE_FOLLOWUPS[reads]}")
     name = f"model:{checkpoint}" + (f" ({', '.join(settings)})" if settings else "")
     system = ModelSystem(
         pipeline,
         name=name,
         folder=Path(folder),
         seed=seed,
-        reads_true_followup=reads_true_followup,
+        reads=reads,
         **sampling,
     )
     return system, ""

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from .baselines import READABLE_FOLLOWUPS
+
 BASELINES = ("copy-prior", "nearest-neighbour", "vq-reconstruction", "true-follow-up")
 DEFAULT_TRAIN_PAIRS = 1500
 DEFAULT_EPOCHS = 6
@@ -87,11 +89,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="model classifier-free guidance scale (the pipeline's 1.0 = none)",
     )
     ev.add_argument(
-        "--read-true-follow-up",
-        action="store_true",
-        help="the model writes its interpretation of each case's TRUE follow-up instead of "
-        "drawing its own (separates what the text reads from the image from what it takes "
-        "from the prompt; its image columns score the true follow-up's VQ round trip)",
+        "--read-follow-up",
+        choices=READABLE_FOLLOWUPS,
+        default=None,
+        help="the model writes its interpretation of a GIVEN follow-up instead of drawing its "
+        "own: each case's true follow-up, or its unchanged prior (a text that still states the "
+        "prompted change is echoing the prompt); the image columns score that image's VQ "
+        "round trip",
     )
     ev.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples (200)")
     ev.add_argument("--max-cases", type=int, default=None, help="score at most N cases")
@@ -230,13 +234,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             )
             if value is not None
         }
-        if args.read_true_follow_up and "guidance_scale" in sampling:
-            raise ValueError("--guidance-scale applies to drawing, not to --read-true-follow-up")
+        if args.read_follow_up and "guidance_scale" in sampling:
+            raise ValueError("--guidance-scale applies to drawing, not to --read-follow-up")
         model, reason = B.load_model_system(
-            args.checkpoint,
-            seed=args.seed,
-            reads_true_followup=args.read_true_follow_up,
-            **sampling,
+            args.checkpoint, seed=args.seed, reads=args.read_follow_up, **sampling
         )
         if model is None:
             message = f"model row skipped: {reason}; evaluating the baselines only"
