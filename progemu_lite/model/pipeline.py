@@ -698,28 +698,32 @@ class ProgEmuPipeline:
                 )
 
     def _generate_chunks(self, prefixes, settings, batch_size: int, progress: bool, null_prefix):
-        """``(start, settings, GenerationOutput)`` for each chunk of ``batch_size`` prefixes;
-        a seeded run gives chunk k the seed ``seed + k``."""
+        """An iterator of ``(start, settings, GenerationOutput)``, one per chunk of
+        ``batch_size`` prefixes; a seeded run gives chunk k the seed ``seed + k``."""
         from tqdm.auto import tqdm
 
-        if batch_size < 1:
+        if batch_size < 1:  # checked now, not when the iteration starts
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        starts = range(0, len(prefixes), batch_size)
-        for chunk, start in enumerate(tqdm(starts, disable=not progress, desc="generating")):
-            chunk_settings = settings
-            if settings.seed is not None and chunk:
-                chunk_settings = SamplingSettings(
-                    **{**settings.__dict__, "seed": settings.seed + chunk}
+
+        def chunks():
+            starts = range(0, len(prefixes), batch_size)
+            for chunk, start in enumerate(tqdm(starts, disable=not progress, desc="generating")):
+                chunk_settings = settings
+                if settings.seed is not None and chunk:
+                    chunk_settings = SamplingSettings(
+                        **{**settings.__dict__, "seed": settings.seed + chunk}
+                    )
+                out = generate(
+                    self.model,
+                    prefixes[start : start + batch_size],
+                    self.builder.ids,
+                    self.grid,
+                    chunk_settings,
+                    null_prefix=null_prefix,
                 )
-            out = generate(
-                self.model,
-                prefixes[start : start + batch_size],
-                self.builder.ids,
-                self.grid,
-                chunk_settings,
-                null_prefix=null_prefix,
-            )
-            yield start, chunk_settings, out
+                yield start, chunk_settings, out
+
+        return chunks()
 
     def batch(
         self,
@@ -886,7 +890,7 @@ class ProgEmuPipeline:
         ):
             for j in range(len(out.lengths)):
                 ids_j, probs_j = out.row(j)
-                text_ids = ids_j[:-1] if len(ids_j) and ids_j[-1] == self.builder.ids.eos else ids_j
+                text_ids = ids_j[:-1]  # the layout always ends the text with EOS
                 k = start + j
                 results.append(
                     Counterfactual(
