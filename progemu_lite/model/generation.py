@@ -232,9 +232,10 @@ def generate(
     ``SequenceBuilder.prefix_ids``): the image is drawn, then interpreted. Prefixes that end
     with the follow-up's ``<|image end|>`` (``SequenceBuilder.interpretation_prefix_ids``)
     already hold the image: only its interpretation is generated. ``null_prefix``: the
-    null-condition prefix, required when ``settings.guidance_scale != 1`` (drawing only). ``use_cache=False`` recomputes the whole sequence at every
-    step (the naive baseline of the speed benchmark). ``max_new_tokens`` stops early (the
-    output is then cut inside the layout; for benchmarks).
+    null-condition prefix, required when ``settings.guidance_scale != 1`` (drawing only).
+    ``use_cache=False`` recomputes the whole sequence at every step (the naive baseline of the
+    speed benchmark). ``max_new_tokens`` stops early (the output is then cut inside the layout;
+    for benchmarks).
     """
     settings = settings or SamplingSettings()
     settings.check()
