@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from progemu_lite.files import replace_folder
+from progemu_lite.files import staged_folder
 from progemu_lite.phantom.findings import FINDINGS, MAX_SEVERITY, finding_spec
 from progemu_lite.phantom.progression import (
     AnnotationEntry,
@@ -709,25 +709,11 @@ def write_audit_data(folder: str | os.PathLike, index: dict, files: dict[str, by
     """Write the audit folder (``cases.json`` and the PNGs) atomically: a sibling temporary
     folder, then renamed over the old one, so readers see the old cases or the new, never a mix.
     Refuses to replace a non-empty folder that holds no ``cases.json``."""
-    import shutil
-    import tempfile
-
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"{folder} exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / AUDIT_INDEX).is_file():
-        raise FileExistsError(f"{folder} is a non-empty folder that holds no {AUDIT_INDEX}")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with staged_folder(folder, marker=AUDIT_INDEX, foreign=f"holds no {AUDIT_INDEX}") as staging:
         for name, data in files.items():
             (staging / name).write_bytes(data)
         text = json.dumps(index, indent=2, ensure_ascii=False) + "\n"
         (staging / AUDIT_INDEX).write_text(text, encoding="utf-8")
-        replace_folder(staging, folder)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 

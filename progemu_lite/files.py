@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -133,3 +134,27 @@ def replace_folder(staging: str | os.PathLike[str], folder: str | os.PathLike[st
     else:
         os.replace(staging, folder)
     return folder
+
+
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike[str], *, marker: str, foreign: str):
+    """Write a whole folder atomically: yields an empty staging folder beside ``folder``; when
+    the block ends without an error the staging folder replaces ``folder``
+    (:func:`replace_folder`), otherwise it is removed and ``folder`` is untouched.
+
+    Refuses to replace a file, or a non-empty folder without ``marker`` (a file the folder's
+    kind always holds), with ``FileExistsError`` "``folder`` is a non-empty folder that
+    ``foreign``"."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / marker).is_file():
+        raise FileExistsError(f"{folder} is a non-empty folder that {foreign}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        yield staging
+        replace_folder(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)

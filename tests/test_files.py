@@ -140,3 +140,23 @@ def test_replace_folder_swaps_whole_folders_with_readable_modes(tmp_path):
     umask = current_umask()
     assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~umask
     assert stat.S_IMODE((target / "sub" / "weights.bin").stat().st_mode) == 0o666 & ~umask
+
+
+def test_staged_folder_replaces_on_success_and_leaves_the_old_folder_on_error(tmp_path):
+    from progemu_lite.files import staged_folder
+
+    folder = tmp_path / "ckpt"
+    with staged_folder(folder, marker="index.json", foreign="is not ours") as staging:
+        (staging / "index.json").write_text("1")
+    assert (folder / "index.json").read_text() == "1"
+    with pytest.raises(RuntimeError), staged_folder(folder, marker="index.json", foreign="x") as s:
+        (s / "index.json").write_text("2")
+        raise RuntimeError("interrupted")
+    assert (folder / "index.json").read_text() == "1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no staging left behind
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "a.txt").write_text("mine")
+    refused = pytest.raises(FileExistsError, match="is a non-empty folder that is not ours")
+    with refused, staged_folder(other, marker="index.json", foreign="is not ours"):
+        pass

@@ -25,8 +25,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from progemu_lite.files import replace_folder
+from progemu_lite.files import staged_folder
 from progemu_lite.model.config import CHECKED_VQ_FIELDS, PRESETS, build_model, config_mismatches
 from progemu_lite.model.generation import (
     DEFAULT_MAX_TEXT_TOKENS,
@@ -475,13 +473,8 @@ class ProgEmuPipeline:
     def save_pretrained(self, path: str | os.PathLike, *, metadata: dict | None = None) -> Path:
         """Write the checkpoint folder atomically (a sibling temporary folder, then a rename)."""
         path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise FileExistsError(f"{path} exists and is not a folder")
-        if path.is_dir() and any(path.iterdir()) and not (path / PIPELINE_FILE).is_file():
-            raise FileExistsError(f"{path} is a non-empty folder that is not a ProgEmu checkpoint")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-        try:
+        foreign = "is not a ProgEmu checkpoint"
+        with staged_folder(path, marker=PIPELINE_FILE, foreign=foreign) as tmp:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             info = {
@@ -496,10 +489,6 @@ class ProgEmuPipeline:
                 **(metadata or {}),
             }
             (tmp / PIPELINE_FILE).write_text(json.dumps(info, indent=2) + "\n")
-            replace_folder(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return path
 
     @classmethod
