@@ -8,7 +8,9 @@ which the output says):
 * the naive baseline: the same constrained sampling without the KV cache (the whole sequence
   recomputed at every step), same prefix and same number of tokens; the ratio is printed;
 * batch-16 throughput (16 counterfactuals in one left-padded batch) against batch 1, for the
-  whole pipeline and for the token generation alone (the VQ encode/decode scales linearly).
+  whole pipeline and for the token generation alone (the VQ encode/decode scales linearly);
+* the same three figures again with ``pipe.compile()`` (decode steps through torch.compile;
+  compiling happens in the warm-up calls and is reported separately); --no-compile skips it.
 
 Targets: <= 2 s per counterfactual, >= 15x the naive path, batch-16 throughput >= 4x batch 1.
 Random weights never choose EOS on their own, so the interpretation is capped at
@@ -54,6 +56,9 @@ def main() -> None:
     parser.add_argument("--text-tokens", type=int, default=32, help="interpretation cap (32)")
     parser.add_argument("--batch", type=int, default=16, help="batch size for throughput (16)")
     parser.add_argument("--repeats", type=int, default=3, help="best of N for the fast paths (3)")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="skip the torch.compile measurements"
+    )
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up when piped
     if args.threads:
@@ -80,67 +85,88 @@ def main() -> None:
     prompts = [PROMPT] * args.batch
     kwargs = dict(seed=0, max_text_tokens=args.text_tokens)
 
-    pipe(priors[0], PROMPT, **kwargs)  # warm-up (allocations, lazy initialisation)
-    t1, one = best_of(args.repeats, lambda: pipe(priors[0], PROMPT, **kwargs))
-    n_tokens = len(one.token_ids)
-    print(
-        f"batch 1: {t1:.2f} s per counterfactual, {n_tokens} tokens, {n_tokens / t1:.0f} tokens/s"
-    )
-
     # The naive baseline: same prefix, same constraint, same sampling, no KV cache.
     codes = pipe.encode_images(priors[0][None])[0]
     prefix = pipe.builder.prefix_ids(codes, PROMPT)
     settings = SamplingSettings(**kwargs)
-    t_cached, cached = best_of(
-        args.repeats, lambda: generate(pipe.model, [prefix], pipe.builder.ids, pipe.grid, settings)
-    )
     t_naive, naive = best_of(
         1,
         lambda: generate(
             pipe.model, [prefix], pipe.builder.ids, pipe.grid, settings, use_cache=False
         ),
     )
-    same = torch.equal(cached.sequences, naive.sequences)
-    print(
-        f"tokens only: KV cache {t_cached:.2f} s, naive (no cache) {t_naive:.1f} s: "
-        f"{t_naive / t_cached:.1f}x (pipeline call vs naive: {t_naive / t1:.1f}x); "
-        f"same tokens: {same}"
-    )
-
-    pipe.batch(priors[:2], prompts[:2], batch_size=args.batch, **kwargs)  # warm-up
-    tb, many = best_of(
-        max(1, args.repeats - 1),
-        lambda: pipe.batch(priors, prompts, batch_size=args.batch, **kwargs),
-    )
-    throughput_b, throughput_1 = len(many) / tb, 1 / t1
-    print(
-        f"batch {args.batch}: {tb:.2f} s for {len(many)} counterfactuals = "
-        f"{throughput_b:.2f}/s vs {throughput_1:.2f}/s at batch 1: "
-        f"{throughput_b / throughput_1:.1f}x"
-    )
-    # The same comparison for the token generation alone (no VQ encode/decode).
+    print(f"naive (no KV cache, whole sequence recomputed every step): {t_naive:.1f} s")
     codes_all = pipe.encode_images(np.stack(priors))
     prefixes = [pipe.builder.prefix_ids(c, PROMPT) for c in codes_all]
-    tgb, _ = best_of(
-        max(1, args.repeats - 1),
-        lambda: generate(pipe.model, prefixes, pipe.builder.ids, pipe.grid, settings),
-    )
-    token_ratio = (len(prefixes) / tgb) / (1 / t_cached)
-    print(
-        f"tokens only, batch {len(prefixes)}: {tgb:.2f} s = {len(prefixes) / tgb:.2f}/s vs "
-        f"{1 / t_cached:.2f}/s at batch 1: {token_ratio:.1f}x"
-    )
+
+    def measure(compiled: bool) -> dict:
+        label = "compiled" if compiled else "eager"
+        pipe.compile(compiled)
+        start = time.perf_counter()
+        pipe(priors[0], PROMPT, **kwargs)  # warm-up (allocations, lazy init, compiling)
+        pipe.batch(priors, prompts, batch_size=args.batch, **kwargs)
+        warm_up = time.perf_counter() - start
+        print(f"[{label}] warm-up calls (batch 1 and {args.batch}): {warm_up:.1f} s")
+        t1, one = best_of(args.repeats, lambda: pipe(priors[0], PROMPT, **kwargs))
+        n_tokens = len(one.token_ids)
+        print(
+            f"[{label}] batch 1: {t1:.2f} s per counterfactual, {n_tokens} tokens, "
+            f"{n_tokens / t1:.0f} tokens/s"
+        )
+        t_cached, cached = best_of(
+            args.repeats,
+            lambda: generate(
+                pipe.model, [prefix], pipe.builder.ids, pipe.grid, settings, compiled=compiled
+            ),
+        )
+        same = torch.equal(cached.sequences, naive.sequences)
+        print(
+            f"[{label}] tokens only: KV cache {t_cached:.2f} s vs naive {t_naive:.1f} s: "
+            f"{t_naive / t_cached:.1f}x (pipeline call vs naive: {t_naive / t1:.1f}x); "
+            f"same tokens: {same}"
+        )
+        tb, many = best_of(
+            max(1, args.repeats - 1),
+            lambda: pipe.batch(priors, prompts, batch_size=args.batch, **kwargs),
+        )
+        throughput_b, throughput_1 = len(many) / tb, 1 / t1
+        print(
+            f"[{label}] batch {args.batch}: {tb:.2f} s for {len(many)} counterfactuals = "
+            f"{throughput_b:.2f}/s vs {throughput_1:.2f}/s at batch 1: "
+            f"{throughput_b / throughput_1:.1f}x"
+        )
+        # The same comparison for the token generation alone (no VQ encode/decode).
+        tgb, _ = best_of(
+            max(1, args.repeats - 1),
+            lambda: generate(
+                pipe.model, prefixes, pipe.builder.ids, pipe.grid, settings, compiled=compiled
+            ),
+        )
+        token_ratio = (len(prefixes) / tgb) / (1 / t_cached)
+        print(
+            f"[{label}] tokens only, batch {len(prefixes)}: {tgb:.2f} s = "
+            f"{len(prefixes) / tgb:.2f}/s vs {1 / t_cached:.2f}/s at batch 1: {token_ratio:.1f}x"
+        )
+        return {
+            "seconds_per_counterfactual": round(t1, 3),
+            "tokens": n_tokens,
+            "tokens_per_s": round(n_tokens / t1, 1),
+            "speedup_vs_naive": round(t_naive / t_cached, 1),
+            "pipeline_speedup_vs_naive": round(t_naive / t1, 1),
+            f"batch{args.batch}_throughput_ratio": round(throughput_b / throughput_1, 2),
+            f"batch{args.batch}_token_throughput_ratio": round(token_ratio, 2),
+            "same_tokens_as_naive": same,
+            "warm_up_seconds": round(warm_up, 1),
+        }
+
+    results = {"eager": measure(compiled=False)}
+    if not args.no_compile:
+        results["compiled"] = measure(compiled=True)
     summary = {
         "weights": "random" if weights.startswith("RANDOM") else "trained",
         "threads": torch.get_num_threads(),
-        "seconds_per_counterfactual": round(t1, 3),
-        "tokens": n_tokens,
-        "tokens_per_s": round(n_tokens / t1, 1),
         "naive_seconds": round(t_naive, 2),
-        "speedup_vs_naive": round(t_naive / t_cached, 1),
-        "pipeline_speedup_vs_naive": round(t_naive / t1, 1),
-        f"batch{args.batch}_throughput_ratio": round(throughput_b / throughput_1, 2),
-        f"batch{args.batch}_token_throughput_ratio": round(token_ratio, 2),
+        **results,
         "targets": {"seconds": 2.0, "speedup": 15, "batch_ratio": 4},
     }
     print(json.dumps(summary))

@@ -4,6 +4,7 @@ import torch
 
 from progemu_lite.model.config import build_model
 from progemu_lite.model.generation import (
+    PACKED_GQA_SDPA,
     GridConstraint,
     SamplingSettings,
     generate,
@@ -175,6 +176,35 @@ def test_kv_cache_equals_naive_recomputation(setup):
     naive = generate(model, prefixes[:2], builder.ids, GRID, settings, use_cache=False)
     assert torch.equal(cached.sequences, naive.sequences)
     assert torch.allclose(cached.probabilities, naive.probabilities, atol=1e-5)
+
+
+@pytest.mark.slow  # compiles three graphs (about 10 s each)
+def test_compiled_decode_steps_give_the_eager_tokens(setup):
+    _, builder, prefixes = setup
+    # A model of its own: compiling switches its attention to the packed-GQA sdpa variant.
+    model = build_model("tiny", builder.tokenizer, seed=0)
+    assert (
+        model.config.text_config.num_key_value_heads < model.config.text_config.num_attention_heads
+    )
+    null = builder.prefix_ids(None, "", grid=GRID)
+    cases = [
+        (prefixes, SamplingSettings(seed=5, max_text_tokens=8)),  # left-padded batch
+        (prefixes[:1], SamplingSettings(seed=6, max_text_tokens=8)),  # no padding
+        (prefixes[:2], SamplingSettings(seed=7, max_text_tokens=8, guidance_scale=2.0)),
+    ]
+    for rows, settings in cases:
+        eager = generate(model, rows, builder.ids, GRID, settings, null_prefix=null)
+        compiled = generate(
+            model, rows, builder.ids, GRID, settings, null_prefix=null, compiled=True
+        )
+        assert model.config._attn_implementation == PACKED_GQA_SDPA
+        assert torch.equal(eager.sequences, compiled.sequences)
+        assert torch.allclose(eager.probabilities, compiled.probabilities, atol=1e-5)
+    # A second prompt of another length in the same cache bucket reuses the compiled graph.
+    again = generate(model, prefixes[1:2], builder.ids, GRID, cases[1][1], compiled=True)
+    assert torch.equal(
+        again.sequences, generate(model, prefixes[1:2], builder.ids, GRID, cases[1][1]).sequences
+    )
 
 
 def test_interpreting_a_given_image_continues_exactly_like_drawing_it(setup):

@@ -136,6 +136,18 @@ def test_batched_equals_unbatched_greedy(pipe, prior):
         assert single.interpretation == batched[i].interpretation
 
 
+@pytest.mark.slow  # compiles the decode step (about 10 s)
+def test_compiled_pipeline_gives_the_same_counterfactual(prior):
+    pipe = build_random("tiny", seed=0)  # its own: compiling changes its attention function
+    plain = pipe(prior, PROMPT, seed=3, max_text_tokens=8)
+    assert pipe.compile() is pipe and pipe.compiled
+    fast = pipe(prior, PROMPT, seed=3, max_text_tokens=8)
+    assert np.array_equal(plain.token_ids, fast.token_ids)
+    assert np.array_equal(plain.image, fast.image)
+    assert np.allclose(plain.token_probabilities, fast.token_probabilities, atol=1e-5)
+    assert not pipe.compile(False).compiled
+
+
 def test_guidance_and_unconditional(pipe, prior):
     guided = pipe(prior, PROMPT, temperature=0, guidance_scale=3.0, max_text_tokens=6)
     plain = pipe(prior, PROMPT, temperature=0, guidance_scale=1.0, max_text_tokens=6)

@@ -458,6 +458,16 @@ class ProgEmuPipeline:
         side = self.image_size // SPATIAL_FACTOR
         self.grid = (side, side)
         self.metadata = dict(metadata or {})
+        self.compiled = False
+
+    def compile(self, enabled: bool = True) -> ProgEmuPipeline:
+        """Run the one-token decode steps through ``torch.compile`` from now on (same tokens,
+        faster steps: benchmarks/generate_speed.py measures it). Each new batch size or
+        prompt-length bucket compiles once, which takes seconds to tens of seconds, so this
+        pays off for repeated generation, not for one call. On a CPU it needs a C++ compiler.
+        Returns self."""
+        self.compiled = bool(enabled)
+        return self
 
     # -- devices --------------------------------------------------------------------------------
     @property
@@ -709,6 +719,7 @@ class ProgEmuPipeline:
                     self.grid,
                     chunk_settings,
                     null_prefix=null_prefix,
+                    compiled=self.compiled,
                 )
                 yield start, chunk_settings, out
 
