@@ -128,6 +128,13 @@ def test_evaluate_command_on_the_baselines(dataset, classifier_dir, tmp_path, ca
     assert truth["stable_reported"]["value"] > 0.95
     assert copy["stable_reported"]["value"] == 0.0
     assert "## Quality checks" in md and "Stable findings reported" in md
+    # ... and per finding type: every stable finding is counted once, under its type
+    by_finding = truth["stable_by_finding"]
+    assert sum(e["annotated"] for e in by_finding.values()) == truth["counts"]["stable_findings"]
+    assert all(e["reported"] == 0 for e in copy["stable_by_finding"].values())
+    assert by_finding.keys() == copy["stable_by_finding"].keys()
+    first = sorted(by_finding)[0]
+    assert f"| copy-prior | 0% (0/{by_finding[first]['annotated']})" in md
     assert {"prompt_named", "stable_reported"} <= set(rows[0])
     png = (out / "examples.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

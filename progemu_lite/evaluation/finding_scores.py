@@ -278,15 +278,26 @@ def prompted_change_reported(result: CaseScore, progression: dict | None) -> boo
     return any(id(a) in matched for a in requested)
 
 
+def stable_findings_by_finding(result: CaseScore) -> dict[str, tuple[int, int]]:
+    """:func:`stable_findings_reported` per finding type: ``{finding: (reported, annotated)}``
+    (which findings a model reads off the prior, and which it misses)."""
+    if result.status != "scored":
+        return {}
+    matched = {id(a) for a, _ in result.matched}
+    counts: dict[str, tuple[int, int]] = {}
+    for a in result.annotation:
+        if a.direction == "stable":
+            reported, annotated = counts.get(a.finding, (0, 0))
+            counts[a.finding] = (reported + (id(a) in matched), annotated + 1)
+    return counts
+
+
 def stable_findings_reported(result: CaseScore) -> tuple[int, int]:
     """``(reported, annotated)`` for the annotation's ``stable`` entries: the prior's findings
     that did not change. Only reading the prior image can give them (the prompt never names
     them), so a model that just echoes its prompt scores 0 here."""
-    if result.status != "scored":
-        return 0, 0
-    stable = [a for a in result.annotation if a.direction == "stable"]
-    matched = {id(a) for a, _ in result.matched}
-    return sum(id(a) in matched for a in stable), len(stable)
+    counts = stable_findings_by_finding(result).values()
+    return sum(r for r, _ in counts), sum(n for _, n in counts)
 
 
 def _prf(tp: int, fp: int, fn: int) -> dict[str, float]:

@@ -344,6 +344,7 @@ def score_system(
     from .finding_scores import (
         prompted_change_reported,
         score_case,
+        stable_findings_by_finding,
         stable_findings_reported,
         summarize,
     )
@@ -477,6 +478,15 @@ def score_system(
             seed,
         ),
     }
+    by_finding: dict[str, list[int]] = {}
+    for i in scored:
+        for finding, (reported, annotated) in stable_findings_by_finding(case_scores[i]).items():
+            totals = by_finding.setdefault(finding, [0, 0])
+            totals[0] += reported
+            totals[1] += annotated
+    results["stable_by_finding"] = {
+        finding: {"reported": r, "annotated": a} for finding, (r, a) in sorted(by_finding.items())
+    }
     results["counts"] = {
         "n_cases": n,
         "alignment_cases": len(known),
@@ -531,6 +541,30 @@ def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
     for row in rows:
         cells = [row["system"]] + [_cell(row["metrics"][k]) for k, _, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def stable_by_finding_table(rows: list[dict]) -> str:
+    """Markdown: per system and finding type, the share of the prior's unchanged findings that
+    the interpretation reports (reported/annotated)."""
+    findings = sorted({f for row in rows for f in row["metrics"].get("stable_by_finding", {})})
+    if not findings:
+        return "No stable findings annotated."
+    lines = [
+        "| System | " + " | ".join(f.replace("_", " ") for f in findings) + " |",
+        "|" + "---|" * (len(findings) + 1),
+    ]
+    for row in rows:
+        counts = row["metrics"].get("stable_by_finding", {})
+        cells = []
+        for f in findings:
+            entry = counts.get(f)
+            if not entry or not entry["annotated"]:
+                cells.append("n/a")
+            else:
+                share = entry["reported"] / entry["annotated"]
+                cells.append(f"{share:.0%} ({entry['reported']}/{entry['annotated']})")
+        lines.append(f"| {row['system']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -698,6 +732,9 @@ def write_report(out: Path, result: dict, case_set: CaseSet, outputs: dict, exam
         "inside the changed region over outside it. Stable findings reported: share of the "
         "prior's unchanged findings (annotated `stable`) that the interpretation reports.\n\n"
         f"{markdown_table(rows, QUALITY_COLUMNS)}\n\n"
+        "Stable findings reported, by finding type (which findings are read off the prior, "
+        "and which are missed):\n\n"
+        f"{stable_by_finding_table(rows)}\n\n"
         "## Notes\n\n"
         f"{notes}\n"
     )
