@@ -8,6 +8,7 @@ import copy
 import datetime as dt
 import hashlib
 import warnings
+import zlib
 
 import numpy as np
 import pydicom
@@ -82,6 +83,11 @@ def seeded_dataset(image: np.ndarray, tmp_path, *, patient=PHI_TEXT, name="phi.d
         setattr(ds, keyword, value)
     ds.AcquisitionDateTime = PHI_DATETIME
     ds.PatientSex = "M"
+    # Fixed UIDs, one set per file name: with fresh random ones the new (HMAC) UIDs were random
+    # too, and a short secret such as the time "0930" could turn up in one by chance.
+    base = f"1.2.826.0.1.3680043.8.498.{zlib.crc32(name.encode())}"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = base + ".1", base + ".2"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = base + ".3"
     ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.7777777777"
     ds.InstanceCreatorUID = "1.2.826.0.1.3680043.8.498.5555555555"
     # Sequences: one removed whole by Annex E, one that must be walked and cleaned.
