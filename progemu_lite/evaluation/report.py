@@ -626,8 +626,14 @@ def example_figure(path: Path, case_set: CaseSet, rows: list[dict], outputs: dic
 
     columns = ["prior", "true follow-up"] + [r["system"] for r in rows]
     n_rows, n_cols = len(picks), len(columns)
-    fig = plt.figure(figsize=(2.6 * n_cols, 5.2 * n_rows))
-    grid = fig.add_gridspec(2 * n_rows, n_cols, height_ratios=[1.0, 1.0] * n_rows, hspace=0.05)
+    height = 5.2 * n_rows
+    fig = plt.figure(figsize=(2.6 * n_cols, height))
+    # the first row's titles need about 0.35 in; matplotlib's default top margin (12% of the
+    # figure) left a band of white inches between the legend and a tall figure's images
+    top = 1.0 - 0.35 / height
+    grid = fig.add_gridspec(
+        2 * n_rows, n_cols, height_ratios=[1.0, 1.0] * n_rows, hspace=0.05, top=top
+    )
     for r, case_index in enumerate(picks):
         case = case_set.cases[case_index]
         for c, column in enumerate(columns):
@@ -671,7 +677,7 @@ def example_figure(path: Path, case_set: CaseSet, rows: list[dict], outputs: dic
     fig.legend(
         handles=legend,
         loc="lower center",
-        bbox_to_anchor=(0.5, 0.99),
+        bbox_to_anchor=(0.5, 1.0),
         ncol=3,
         fontsize=8,
         frameon=False,
