@@ -49,12 +49,13 @@ clean:
 	rm -rf $(VENV) outputs book/_build book/generated
 
 # The shipped `lite` model from scratch on simulated data (docs/model_card.md records the run):
-# about 5.5 hours on 2 idle CPU cores. Every stage resumes where it stopped when rerun. The
+# about 6.5 hours on 2 idle CPU cores. Every stage resumes where it stopped when rerun. The
 # decoder stops at step 3000 of its 8-epoch schedule (validation loss rose after it: 2,000
 # patients get memorised), a short fine-tune weights the interpretation's tokens 5x, then a
 # long one on 6,000 patients (the first 2,000 are the same ones: each patient has its own
-# random stream) weights them 10x, and a last one goes on with 12,000 patients (more steps on
-# the same 6,000 made it worse), stopping at step 10000 of a 12000-step schedule.
+# random stream) weights them 10x, and a fourth goes on with 12,000 patients (more steps on
+# the same 6,000 made it worse), stopping at step 10000 of a 12000-step schedule; a fifth,
+# from the fourth's float16 export, goes on with 24,000 patients for a short 3000-step schedule.
 LITE_RUNS ?= runs
 train-lite: $(STAMP)
 	$(BIN)/progemu-lite phantom --patients 2000 --pairs-per-patient 3 --size 128 --seed 0 \
@@ -85,4 +86,12 @@ train-lite: $(STAMP)
 		--interpretation-loss-weight 10 --eval-every 500 --max-val-pairs 96 --save-every 500 \
 		--out $(LITE_RUNS)/lm-lite-12k $(if $(wildcard $(LITE_RUNS)/lm-lite-12k/checkpoints),--resume)
 	$(BIN)/progemu-lite export $(LITE_RUNS)/lm-lite-12k/checkpoints/step-0010000/pipeline \
-		$(LITE_RUNS)/lite-float16
+		$(LITE_RUNS)/lite-stage4-float16
+	$(BIN)/progemu-lite phantom --patients 24000 --pairs-per-patient 3 --size 128 --seed 0 \
+		--out $(LITE_RUNS)/lite-data-24k
+	$(BIN)/progemu-lite train --data $(LITE_RUNS)/lite-data-24k \
+		--init $(LITE_RUNS)/lite-stage4-float16 \
+		--steps 3000 --batch-size 8 --lr 2e-4 --warmup-steps 100 --interpretation-loss-weight 10 \
+		--eval-every 500 --max-val-pairs 96 --save-every 500 --out $(LITE_RUNS)/lm-lite-24k \
+		$(if $(wildcard $(LITE_RUNS)/lm-lite-24k/checkpoints),--resume)
+	$(BIN)/progemu-lite export $(LITE_RUNS)/lm-lite-24k/pipeline $(LITE_RUNS)/lite-float16
