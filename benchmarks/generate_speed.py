@@ -9,6 +9,8 @@ which the output says):
   recomputed at every step), same prefix and same number of tokens; the ratio is printed;
 * batch-16 throughput (16 counterfactuals in one left-padded batch) against batch 1, for the
   whole pipeline and for the token generation alone (the VQ encode/decode scales linearly);
+* the prefill (the forward pass over the prior's image and the prompt) at batch 1 and 16, and
+  its share of the batch's token generation: the part of the work batching cannot amortise;
 * the same three figures again with ``pipe.compile()`` (decode steps through torch.compile;
   compiling happens in the warm-up calls and is reported separately); --no-compile skips it.
 
@@ -17,6 +19,7 @@ Random weights never choose EOS on their own, so the interpretation is capped at
 --text-tokens (32 by default: a typical phantom interpretation) to keep runs comparable.
 
     .venv/bin/python benchmarks/generate_speed.py [--model CHECKPOINT] [--threads N]
+        [--cache-window SLOTS]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from progemu_lite.model import generation  # noqa: E402
 from progemu_lite.model.generation import SamplingSettings, generate  # noqa: E402
 from progemu_lite.model.pipeline import ProgEmuPipeline, build_random  # noqa: E402
 
@@ -59,7 +63,15 @@ def main() -> None:
     parser.add_argument(
         "--no-compile", action="store_true", help="skip the torch.compile measurements"
     )
+    parser.add_argument(
+        "--cache-window",
+        type=int,
+        default=generation.CACHE_WINDOW,
+        help="attention reads the KV cache in steps of this many slots "
+        f"({generation.CACHE_WINDOW}); a value above the sequence length reads all of it",
+    )
     args = parser.parse_args()
+    generation.CACHE_WINDOW = args.cache_window
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up when piped
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,9 +126,15 @@ def main() -> None:
             f"{n_tokens / t1:.0f} tokens/s"
         )
 
-        def tokens(rows):  # the token generation alone (no VQ encode/decode)
+        def tokens(rows, max_new_tokens=None):  # the token generation alone (no VQ)
             return generate(
-                pipe.model, rows, pipe.builder.ids, pipe.grid, settings, compiled=compiled
+                pipe.model,
+                rows,
+                pipe.builder.ids,
+                pipe.grid,
+                settings,
+                compiled=compiled,
+                max_new_tokens=max_new_tokens,
             )
 
         t_cached, cached = best_of(args.repeats, lambda: tokens([prefix]))
@@ -143,6 +161,16 @@ def main() -> None:
             f"[{label}] tokens only, batch {len(prefixes)}: {tgb:.2f} s = "
             f"{len(prefixes) / tgb:.2f}/s vs {1 / t_cached:.2f}/s at batch 1: {token_ratio:.1f}x"
         )
+        # The prefill (prior image + prompt, about as many tokens as are generated) is one
+        # big forward pass per row, compute-bound already at batch 1: batching cannot
+        # amortise it, which caps the batch ratio however fast the decode steps get.
+        t_pre1, _ = best_of(args.repeats, lambda: tokens([prefix], 1))
+        t_preb, _ = best_of(max(1, args.repeats - 1), lambda: tokens(prefixes, 1))
+        print(
+            f"[{label}] prefill ({len(prefix)} tokens a row): batch 1 {t_pre1:.3f} s, "
+            f"batch {len(prefixes)} {t_preb:.2f} s ({t_preb / len(prefixes) / t_pre1:.2f}x "
+            f"batch 1's cost per row); {t_preb / tgb:.0%} of the batch's token generation"
+        )
         return {
             "seconds_per_counterfactual": round(t1, 3),
             "tokens": n_tokens,
@@ -151,6 +179,8 @@ def main() -> None:
             "pipeline_speedup_vs_naive": round(t_naive / t1, 1),
             f"batch{args.batch}_throughput_ratio": round(throughput_b / throughput_1, 2),
             f"batch{args.batch}_token_throughput_ratio": round(token_ratio, 2),
+            "prefill_seconds_batch1": round(t_pre1, 3),
+            f"prefill_seconds_batch{args.batch}": round(t_preb, 3),
             "same_tokens_as_naive": same,
             "warm_up_seconds": round(warm_up, 1),
         }
@@ -161,6 +191,7 @@ def main() -> None:
     summary = {
         "weights": "random" if weights.startswith("RANDOM") else "trained",
         "threads": torch.get_num_threads(),
+        "cache_window": generation.CACHE_WINDOW,
         "naive_seconds": round(t_naive, 2),
         **results,
         "targets": {"seconds": 2.0, "speedup": 15, "batch_ratio": 4},

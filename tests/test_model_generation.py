@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from progemu_lite.model import generation
 from progemu_lite.model.config import build_model
 from progemu_lite.model.generation import (
     PACKED_GQA_SDPA,
@@ -169,8 +170,13 @@ def test_batched_equals_unbatched_greedy(setup):
         assert np.allclose(single.row(0)[1], batched.row(i)[1], atol=1e-5)
 
 
-def test_kv_cache_equals_naive_recomputation(setup):
+@pytest.mark.parametrize("window", [8, generation.CACHE_WINDOW])
+def test_kv_cache_equals_naive_recomputation(setup, monkeypatch, window):
+    # Attention reads a window of the static cache that moves on as the sequence grows
+    # (every 8 tokens, or once past the default's 128 slots): the tokens must not change.
+    monkeypatch.setattr(generation, "CACHE_WINDOW", window)
     model, builder, prefixes = setup
+    assert min(len(p) for p in prefixes) < 128 < max(len(p) for p in prefixes) + GRID[0] * 9
     settings = SamplingSettings(temperature=0, max_text_tokens=4)
     cached = generate(model, prefixes[:2], builder.ids, GRID, settings)
     naive = generate(model, prefixes[:2], builder.ids, GRID, settings, use_cache=False)
@@ -179,7 +185,9 @@ def test_kv_cache_equals_naive_recomputation(setup):
 
 
 @pytest.mark.slow  # compiles three graphs (about 10 s each)
-def test_compiled_decode_steps_give_the_eager_tokens(setup):
+def test_compiled_decode_steps_give_the_eager_tokens(setup, monkeypatch):
+    # A window of 32 slots moves on several times in every generation.
+    monkeypatch.setattr(generation, "CACHE_WINDOW", 32)
     _, builder, prefixes = setup
     # A model of its own: compiling switches its attention to the packed-GQA sdpa variant.
     model = build_model("tiny", builder.tokenizer, seed=0)
