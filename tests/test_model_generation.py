@@ -184,7 +184,7 @@ def test_kv_cache_equals_naive_recomputation(setup, monkeypatch, window):
     assert torch.allclose(cached.probabilities, naive.probabilities, atol=1e-5)
 
 
-@pytest.mark.slow  # compiles three graphs (about 10 s each)
+@pytest.mark.slow  # compiles a few graphs (about 10 s each)
 def test_compiled_decode_steps_give_the_eager_tokens(setup, monkeypatch):
     # A window of 32 slots moves on several times in every generation.
     monkeypatch.setattr(generation, "CACHE_WINDOW", 32)
