@@ -266,20 +266,19 @@ AttentionMaskInterface.register(PACKED_GQA_SDPA, sdpa_mask)
 
 class WindowedStaticLayer(StaticLayer):
     """transformers' static cache layer, except that attention sees only its first
-    ``window`` slots (all of them while ``window`` is None); :func:`generate` moves the
-    window forward as the sequence grows. Same numbers: the slots cut off are the masked
-    future ones."""
+    ``window`` slots (all of them until it is set); :func:`generate` moves the window forward
+    as the sequence grows. Same numbers: the slots cut off are the masked future ones."""
 
-    window: int | None = None
+    def __init__(self, max_cache_len: int, **kwargs):
+        super().__init__(max_cache_len=max_cache_len, **kwargs)
+        self.window = max_cache_len
 
     def update(self, key_states, value_states, *args, **kwargs):
         keys, values = super().update(key_states, value_states, *args, **kwargs)
-        if self.window is None:
-            return keys, values
         return keys[:, :, : self.window], values[:, :, : self.window]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return (self.max_cache_len if self.window is None else self.window), 0
+        return self.window, 0
 
 
 def windowed_static_cache(model, max_cache_len: int) -> Cache:
