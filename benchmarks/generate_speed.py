@@ -19,7 +19,7 @@ Random weights never choose EOS on their own, so the interpretation is capped at
 --text-tokens (32 by default: a typical phantom interpretation) to keep runs comparable.
 
     .venv/bin/python benchmarks/generate_speed.py [--model CHECKPOINT] [--threads N]
-        [--cache-window SLOTS]
+        [--cache-window SLOTS] [--dtype bfloat16]
 """
 
 from __future__ import annotations
@@ -70,6 +70,12 @@ def main() -> None:
         help="attention reads the KV cache in steps of this many slots "
         f"({generation.CACHE_WINDOW}); a value above the sequence length reads all of it",
     )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="weights and activations (float32); bfloat16 is only fast with AVX512-BF16 or AMX",
+    )
     args = parser.parse_args()
     generation.CACHE_WINDOW = args.cache_window
     sys.stdout.reconfigure(line_buffering=True)  # progress shows up when piped
@@ -82,12 +88,14 @@ def main() -> None:
     else:
         pipe = build_random("lite", seed=0)
         weights = "RANDOM weights (lite preset shapes; no trained checkpoint given)"
+    pipe.to(dtype=getattr(torch, args.dtype))
     n_params = sum(p.numel() for n, p in pipe.model.named_parameters() if "vqmodel" not in n)
     print(
         f"model: {weights}; decoder {n_params / 1e6:.1f}M parameters, grid {pipe.grid}", flush=True
     )
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {pipe.device}",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {pipe.device}, "
+        f"{args.dtype}",
         flush=True,
     )
 
@@ -192,6 +200,7 @@ def main() -> None:
         "weights": "random" if weights.startswith("RANDOM") else "trained",
         "threads": torch.get_num_threads(),
         "cache_window": generation.CACHE_WINDOW,
+        "dtype": args.dtype,
         "naive_seconds": round(t_naive, 2),
         **results,
         "targets": {"seconds": 2.0, "speedup": 15, "batch_ratio": 4},

