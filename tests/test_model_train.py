@@ -202,6 +202,10 @@ def test_bf16_on_a_cpu_tracks_fp32(dataset, tiny_vq, tmp_path):
     assert np.allclose(bf16_losses, fp32.train_losses, rtol=0.02)
     weights = safetensors.torch.load_file(out / "pipeline" / "model.safetensors")
     assert {str(w.dtype) for w in weights.values() if w.is_floating_point()} == {"torch.float32"}
+    # In the fp32 run's process another precision is refused with a message that says why.
+    with pytest.raises(ValueError, match="restart the kernel"):
+        train(_config(dataset, tiny_vq, tmp_path / "again", mixed_precision="bf16"))
+    assert not (tmp_path / "again").exists()
 
 
 def test_code_cache_reused_then_invalidated(tmp_path, tiny_vq):

@@ -407,10 +407,20 @@ def train(config: TrainConfig) -> TrainResult:
             "or choose another --out"
         )
 
-    accelerator = Accelerator(
-        mixed_precision=_resolve_mixed_precision(config.mixed_precision),
-        gradient_accumulation_steps=config.grad_accum,
-    )
+    mixed_precision = _resolve_mixed_precision(config.mixed_precision)
+    try:
+        accelerator = Accelerator(
+            mixed_precision=mixed_precision, gradient_accumulation_steps=config.grad_accum
+        )
+    except ValueError as error:
+        if "already been initialized" not in str(error):
+            raise
+        # accelerate keeps one precision per process (AcceleratorState is a singleton).
+        raise ValueError(
+            f"--mixed-precision {config.mixed_precision} differs from an earlier training run in "
+            "this Python process, and accelerate allows one setting per process: restart the "
+            "kernel (or run `progemu-lite train` in a fresh process) to change it"
+        ) from error
     main = accelerator.is_main_process
     set_seed(config.seed)
 
