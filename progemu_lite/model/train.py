@@ -326,7 +326,7 @@ def _ema(values: Sequence[float]) -> np.ndarray:
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX), which makes
-    bf16 autocast faster than fp32 (about 1.2x a `lite` step on the course machine)."""
+    bf16 autocast faster than fp32 (about 1.3x a `lite` step on the course machine)."""
     import torch
 
     try:
