@@ -353,6 +353,8 @@ def test_cli_trains_and_refuses_to_overwrite(tmp_path, capsys, dataset, tiny_vq)
 
     code, err = _cli(capsys, *args[:-4], "--batch-size", "4", "--save-every", "3", "--resume")
     assert code == 2 and "differs from the checkpoint" in err and "batch_size" in err
+    code, err = _cli(capsys, *args, "--interpretation-loss-weight", "3", "--resume")
+    assert code == 2 and "interpretation_loss_weight: saved 1.0, now 3.0" in err
 
 
 @pytest.mark.slow

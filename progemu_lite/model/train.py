@@ -509,6 +509,8 @@ def train(config: TrainConfig) -> TrainResult:
         "total_steps": total_steps,
         "world_size": world,
         "cache_key": cache_path.stem,
+        "interpretation_loss_weight": config.interpretation_loss_weight,
+        "mixed_precision": accelerator.mixed_precision,
     }
 
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
@@ -528,7 +530,10 @@ def train(config: TrainConfig) -> TrainResult:
         latest = checkpoints[-1]
         saved = json.loads((latest / _STATE_FILE).read_text())
         mismatched = {
-            k: (saved["run"].get(k), v) for k, v in run_defining.items() if saved["run"].get(k) != v
+            k: (saved["run"][k], v)
+            for k, v in run_defining.items()
+            # a key the checkpoint lacks was not recorded yet when it was written
+            if k in saved["run"] and saved["run"][k] != v
         }
         if mismatched:
             detail = ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in mismatched.items())
