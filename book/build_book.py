@@ -274,14 +274,23 @@ def stage_lesson(notebook: Path, library: str) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         executed = Path(tmp) / notebook.name
-        papermill.execute_notebook(
-            str(notebook),
-            str(executed),
-            parameters=parameters,
-            cwd=str(LESSON_DIR),
-            progress_bar=False,
-            kernel_name="python3",
-        )
+        for attempt in (1, 2):
+            try:
+                papermill.execute_notebook(
+                    str(notebook),
+                    str(executed),
+                    parameters=parameters,
+                    cwd=str(LESSON_DIR),
+                    progress_bar=False,
+                    kernel_name="python3",
+                )
+                break
+            except RuntimeError as error:
+                # A kernel started beside the other workers' kernels died once in CI before it
+                # answered (likely a port race between kernels started at once): that failure,
+                # and nothing else, gets one retry.
+                if attempt == 2 or "Kernel died before replying" not in str(error):
+                    raise
         nb = nbformat.read(executed, as_version=4)
     page = lesson_page(notebook) + ".ipynb"
     for cell in nb.cells:
