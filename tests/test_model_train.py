@@ -420,6 +420,33 @@ def test_init_from_a_trained_pipeline_continues_learning(trained_run, dataset, t
         train(_config(dataset, None, tmp_path / "x", init=trained_run.pipeline_dir, preset="lite"))
 
 
+@pytest.mark.slow
+def test_init_grown_deeper_starts_from_the_same_loss(trained_run, dataset, tiny_vq, tmp_path):
+    """--grow-layers: the deeper model's first loss is the trained model's (same batch), it
+    trains, saves its depth, and a resume must keep the same growth."""
+    from progemu_lite.model.pipeline import ProgEmuPipeline
+
+    same = train(_config(dataset, None, tmp_path / "same", init=trained_run.pipeline_dir, steps=2))
+    config = _config(dataset, None, tmp_path / "grown", init=trained_run.pipeline_dir, steps=2)
+    config.grow_layers = 3
+    config.until = 1
+    assert train(config).step == 1
+    config.until, config.resume = None, True
+    grown = train(config)
+    assert grown.train_losses[0] == pytest.approx(same.train_losses[0], rel=1e-6)
+    assert grown.train_losses[1] != same.train_losses[1]  # more parameters took the step
+    pipe = ProgEmuPipeline.from_pretrained(grown.pipeline_dir, preset="tiny")
+    assert pipe.model.config.text_config.num_hidden_layers == 3
+    assert pipe.metadata["training"]["grow_layers"] == 3
+    config.grow_layers = None
+    with pytest.raises(ValueError, match="grow_layers: saved 3, now None"):
+        train(config)
+    with pytest.raises(ValueError, match="must be more than the decoder's 2"):
+        train(_config(dataset, None, tmp_path / "x", init=trained_run.pipeline_dir, grow_layers=2))
+    with pytest.raises(ValueError, match="--grow-layers deepens a trained model"):
+        train(_config(dataset, tiny_vq, tmp_path / "y", grow_layers=3))
+
+
 def test_interpretation_weighted_loss(trained_run, dataset, tmp_path):
     """Weight 1 is transformers' own loss; a larger weight counts the interpretation's tokens
     (after the last image end) that many times, and a weighted fine-tune runs end to end."""

@@ -9,6 +9,8 @@ full      32 x 4096, 32 heads (8 KV), 14336     512 x 512  Emu3-Gen 8B shapes (6
 ========  ====================================  =========  ======================================
 
 The model class is ``Emu3ForConditionalGeneration`` with its ``Emu3VQVAE``; nothing home-made.
+A preset's depth is where training from scratch starts: ``train --grow-layers`` deepens a trained
+model (progemu_lite.model.grow), so a checkpoint may have more layers than its preset, never fewer.
 """
 
 from __future__ import annotations
@@ -132,6 +134,8 @@ def config_mismatches(config, preset: str, tokenizer) -> list[str]:
             a, b = getattr(have, name, None), getattr(want, name, None)
             if isinstance(a, tuple | list) and isinstance(b, tuple | list):
                 a, b = list(a), list(b)
+            if name == "num_hidden_layers" and a is not None and b is not None and a > b:
+                continue  # deepened by train --grow-layers
             if a != b:
                 problems.append(f"{section}_config.{name}: checkpoint {a}, preset {preset!r} {b}")
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):

@@ -60,6 +60,7 @@ class TrainConfig:
     out: Path
     vq: Path | None = None  # the trained VQ tokenizer folder (train-vq); or give ``init``
     init: Path | None = None  # start from this pipeline folder (its weights, tokenizer and VQ)
+    grow_layers: int | None = None  # deepen the --init decoder to this many layers first (grow.py)
     preset: str = "lite"
     steps: int | None = None  # optimizer steps; exclusive with ``epochs``
     epochs: float | None = None  # default when neither is given: 30 (the paper's)
@@ -373,6 +374,8 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError("--lr must be positive")
     if not config.interpretation_loss_weight > 0:
         raise ValueError("--interpretation-loss-weight must be positive")
+    if config.grow_layers is not None and config.init is None:
+        raise ValueError("--grow-layers deepens a trained model: give it with --init")
     if not Path(config.data).is_dir():
         raise FileNotFoundError(f"data folder {str(config.data)!r} does not exist")
 
@@ -448,6 +451,10 @@ def train(config: TrainConfig) -> TrainResult:
         init = ProgEmuPipeline.from_pretrained(
             config.init, preset=config.preset, device="cpu", dtype=torch.float32, force=True
         )
+        if config.grow_layers is not None:
+            from progemu_lite.model.grow import grow_decoder_depth
+
+            grow_decoder_depth(init.model, config.grow_layers)
         vqmodel = init.model.model.vqmodel
         _freeze_vq(init.model)
     elif config.vq is None:
@@ -511,6 +518,7 @@ def train(config: TrainConfig) -> TrainResult:
         "cache_key": cache_path.stem,
         "interpretation_loss_weight": config.interpretation_loss_weight,
         "mixed_precision": accelerator.mixed_precision,
+        "grow_layers": config.grow_layers,
     }
 
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)

@@ -32,6 +32,13 @@ def register(subparsers) -> None:
         type=Path,
         help="start from this pipeline folder (weights, tokenizer and VQ) instead of --vq",
     )
+    parser.add_argument(
+        "--grow-layers",
+        type=int,
+        metavar="N",
+        help="deepen the --init decoder to N layers first: copies of its layers whose output "
+        "projections are zero, so training starts from the same predictions",
+    )
     parser.add_argument("--out", type=Path, required=True, help="run folder")
     parser.add_argument("--preset", default="lite", choices=("tiny", "lite", "full"), help="(lite)")
     length = parser.add_mutually_exclusive_group()
@@ -117,6 +124,7 @@ def _train(args) -> int:
         data=args.data,
         vq=args.vq,
         init=args.init,
+        grow_layers=args.grow_layers,
         out=args.out,
         preset=args.preset,
         steps=args.steps,
