@@ -327,6 +327,11 @@ def test_bad_input_gives_clear_errors(tmp_path, capsys, dataset, tiny_vq):
 
     code, err = _cli(capsys, "--data", dataset, "--vq", tiny_vq, "--out", out, *base, "--resume")
     assert code == 2 and "no checkpoint" in err
+
+    code, err = _cli(
+        capsys, "--data", dataset, "--vq", tiny_vq, "--out", out, *base, "--grow-layers", "3"
+    )
+    assert code == 2 and "--grow-layers deepens a trained model: give it with --init" in err
     assert not (out / "checkpoints").exists()
 
     code, err = _cli(
