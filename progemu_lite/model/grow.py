@@ -51,6 +51,6 @@ def grow_decoder_depth(model, target: int) -> list[int]:
         layer.self_attn.layer_idx = index  # the KV cache is indexed by it
     text_model.layers = grown
     # The decoder runs layers[: config.num_hidden_layers]; the saved config.json must say it too.
-    for config in {id(c): c for c in (text_model.config, model.config.text_config)}.values():
-        config.num_hidden_layers = target
+    text_model.config.num_hidden_layers = target
+    model.config.text_config.num_hidden_layers = target  # often the same object
     return added
