@@ -384,6 +384,15 @@ def test_vq_from_a_train_vq_run_or_its_checkpoint(tmp_path):
         load_vq(run, "lite")
     with pytest.raises(FileNotFoundError, match="not a VQ tokenizer folder"):
         load_vq(tmp_path, "tiny")
+    # The VQ of a float16 pipeline (as shipped) encodes in float32.
+    from progemu_lite.model.pipeline import build_random
+
+    half = build_random("tiny", seed=0).to(dtype=torch.float16)
+    half.save_pretrained(tmp_path / "half")
+    from_pipeline = load_vq(tmp_path / "half", "tiny")
+    assert {p.dtype for p in from_pipeline.parameters()} == {torch.float32}
+    saved = half.model.model.vqmodel.quantize.embedding.weight
+    assert torch.equal(from_pipeline.quantize.embedding.weight, saved.float())
 
 
 @pytest.mark.slow
@@ -419,10 +428,63 @@ def test_init_from_a_trained_pipeline_continues_learning(trained_run, dataset, t
     # Starts where the trained model was, far below a fresh model's first loss.
     assert result.train_losses[0] < 0.8 * trained_run.train_losses[0]
     assert abs(result.train_losses[0] - trained_run.train_losses[-1]) < 0.5
-    with pytest.raises(ValueError, match="not both"):
-        train(_config(dataset, tiny_vq, tmp_path / "both", init=trained_run.pipeline_dir))
     with pytest.raises(ValueError, match="is preset 'tiny', expected 'lite'"):
         train(_config(dataset, None, tmp_path / "x", init=trained_run.pipeline_dir, preset="lite"))
+    with pytest.raises(ValueError, match="--visual-token-init starts a fresh decoder"):
+        init = trained_run.pipeline_dir
+        train(_config(dataset, None, tmp_path / "y", init=init, visual_token_init="codebook"))
+
+
+@pytest.mark.slow
+def test_init_with_a_new_vq_fine_tunes_the_decoder_on_its_codes(trained_run, dataset, tmp_path):
+    """--init and --vq: the pipeline's decoder and tokenizer, the other VQ (a retrained one)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from progemu_lite.tokenization.vq import build_vq, save_vq
+
+    new_vq = tmp_path / "vq-seed1"
+    save_vq(build_vq("tiny", seed=1), new_vq)
+    out = tmp_path / "swapped"
+    # A negligible learning rate: the saved weights are the ones the run started from.
+    train(_config(dataset, new_vq, out, init=trained_run.pipeline_dir, steps=1, lr=1e-12))
+    saved = load_file(out / "pipeline" / "model.safetensors")
+    init = load_file(trained_run.pipeline_dir / "model.safetensors")
+    vq = load_file(new_vq / "model.safetensors")
+    vq_keys = {k: k.partition("vqmodel.")[2] for k in saved if "vqmodel." in k}
+    assert vq_keys and set(vq_keys.values()) == set(vq)
+    for key, vq_key in vq_keys.items():
+        torch.testing.assert_close(saved[key], vq[vq_key])
+    decoder_keys = [k for k in saved if k not in vq_keys]
+    assert decoder_keys
+    for key in decoder_keys:
+        torch.testing.assert_close(saved[key], init[key], atol=1e-6, rtol=0)
+    # A VQ of another preset is refused, naming the mismatch.
+    other = save_random_vq(tmp_path / "vq-lite", "lite")
+    with pytest.raises(ValueError, match="does not fit preset 'tiny'"):
+        train(_config(dataset, other, tmp_path / "x", init=trained_run.pipeline_dir))
+
+
+def test_visual_token_init_from_the_codebook(dataset, tiny_vq, tmp_path):
+    """--visual-token-init codebook: the fresh decoder's visual rows start as a linear map of
+    the VQ codebook (negligible learning rate: saved as they started); refused with --init."""
+    import torch
+
+    from progemu_lite.model.pipeline import ProgEmuPipeline
+
+    out = tmp_path / "codebook"
+    train(_config(dataset, tiny_vq, out, steps=1, lr=1e-12, visual_token_init="codebook"))
+    pipe = ProgEmuPipeline.from_pretrained(out / "pipeline", progress=False)
+    ids = pipe.builder.ids
+    rows = pipe.model.get_input_embeddings().weight.detach()[ids.visual_offset :].double()
+    codebook = pipe.model.model.vqmodel.quantize.embedding.weight.detach().double()
+    x = torch.cat([codebook, torch.ones(len(codebook), 1, dtype=torch.float64)], 1)
+    residual = rows - x @ torch.linalg.lstsq(x, rows).solution
+    assert float((residual**2).sum() / ((rows - rows.mean(0)) ** 2).sum()) < 1e-4
+    state = json.loads(next(out.glob("checkpoints/*/trainer_state.json")).read_text())
+    assert state["run"]["visual_token_init"] == "codebook"
+    with pytest.raises(ValueError, match="--visual-token-init must be one of random, codebook"):
+        train(_config(dataset, tiny_vq, tmp_path / "x", visual_token_init="pixels"))
 
 
 @pytest.mark.slow

@@ -411,6 +411,45 @@ def test_train_vq_command_end_to_end(tmp_path, capsys):
     assert Emu3VQVAE.from_pretrained(out).config.codebook_size == 256
 
 
+def test_train_vq_init_keeps_the_trained_codebook_and_resumes(tmp_path, capsys):
+    data, first, second = tmp_path / "data", tmp_path / "first", tmp_path / "second"
+    write_icgcxr_tree(data)
+    base = ["train-vq", "--data", str(data), "--preset", "tiny", "--batch-size", "4", "--quiet"]
+    # Seed 3: its k-means codebook differs from the seed-0 one a fresh run below starts with.
+    assert cli.main([*base, "--out", str(first), "--steps", "2", "--seed", "3"]) == 0
+    trained = Emu3VQVAE.from_pretrained(first).quantize.embedding.weight.detach()
+    # A negligible learning rate: what the run starts from is what it ends with.
+    init = [*base, "--out", str(second), "--init", str(first), "--lr", "1e-12"]
+    assert cli.main([*init, "--steps", "4", "--until", "2"]) == 0
+    codebook = Emu3VQVAE.from_pretrained(second).quantize.embedding.weight.detach()
+    torch.testing.assert_close(codebook, trained, atol=1e-6, rtol=0)  # not a k-means one
+    report = json.loads((second / "report.json").read_text())
+    assert report["init_from"] == str(first) and report["train_steps"] == 2
+    # Resuming needs no --init again; naming both is refused.
+    resume = [*base, "--out", str(second), "--lr", "1e-12", "--steps", "4", "--resume"]
+    assert cli.main([*resume, "--init", str(first)]) == 2
+    assert "--init starts a run" in capsys.readouterr().err
+    assert cli.main(resume) == 0
+    report = json.loads((second / "report.json").read_text())
+    assert report["init_from"] == str(first) and report["train_steps"] == 4
+    fresh = tmp_path / "fresh"
+    assert cli.main([*base, "--out", str(fresh), "--steps", "1", "--lr", "1e-12"]) == 0
+    kmeans = Emu3VQVAE.from_pretrained(fresh).quantize.embedding.weight.detach()
+    assert not torch.allclose(kmeans, trained, atol=1e-3)
+    capsys.readouterr()
+    # Bad --init: a missing folder, another preset's VQ; one line each, nothing written.
+    for init_args, message in (
+        (["--init", str(tmp_path / "missing")], "no VQ folder"),
+        (["--init", str(first), "--preset", "lite"], "is a 'tiny' VQ, not --preset 'lite'"),
+    ):
+        out = tmp_path / "bad"
+        assert cli.main([*base, "--out", str(out), "--steps", "1", *init_args]) == 2
+        # The last line (transformers may draw its loading bar above it).
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("progemu-lite train-vq: error:") and message in err, err
+        assert not out.exists()
+
+
 def test_train_vq_command_bad_data(tmp_path, capsys):
     out = tmp_path / "run"
     (tmp_path / "empty").mkdir()

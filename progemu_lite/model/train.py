@@ -58,7 +58,7 @@ class TrainConfig:
 
     data: Path
     out: Path
-    vq: Path | None = None  # the trained VQ tokenizer folder (train-vq); or give ``init``
+    vq: Path | None = None  # the trained VQ tokenizer folder (train-vq); with ``init``: its new VQ
     init: Path | None = None  # start from this pipeline folder (its weights, tokenizer and VQ)
     grow_layers: int | None = None  # deepen the --init decoder to this many layers first (grow.py)
     preset: str = "lite"
@@ -85,6 +85,10 @@ class TrainConfig:
     # official plain cross-entropy. The interpretation is ~7% of a lite sequence's tokens, so a
     # small model learns to read the prompt into it last; a weight > 1 brings that forward.
     interpretation_loss_weight: float = 1.0
+    # How a fresh decoder's visual-token embeddings start: "random" (transformers' init) or
+    # "codebook" (from the VQ's codebook vectors: codes that look alike start alike;
+    # progemu_lite.model.codebook_init).
+    visual_token_init: str = "random"
     progress: bool = True
 
 
@@ -376,6 +380,18 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError("--interpretation-loss-weight must be positive")
     if config.grow_layers is not None and config.init is None:
         raise ValueError("--grow-layers deepens a trained model: give it with --init")
+    from progemu_lite.model.codebook_init import VISUAL_TOKEN_INITS
+
+    if config.visual_token_init not in VISUAL_TOKEN_INITS:
+        raise ValueError(
+            f"--visual-token-init must be one of {', '.join(VISUAL_TOKEN_INITS)}; "
+            f"got {config.visual_token_init!r}"
+        )
+    if config.visual_token_init != "random" and config.init is not None:
+        raise ValueError(
+            "--visual-token-init starts a fresh decoder; an --init pipeline brings trained "
+            "embeddings"
+        )
     if not Path(config.data).is_dir():
         raise FileNotFoundError(f"data folder {str(config.data)!r} does not exist")
 
@@ -444,8 +460,6 @@ def train(config: TrainConfig) -> TrainResult:
 
         from progemu_lite.model.pipeline import ProgEmuPipeline
 
-        if config.vq is not None:
-            raise ValueError("give --vq or --init, not both: an --init pipeline brings its VQ")
         # Load on the CPU in full precision: accelerate places (and shards) the model, and
         # training the full model on CPU-resident weights is what ZeRO-3/FSDP expect.
         init = ProgEmuPipeline.from_pretrained(
@@ -455,6 +469,10 @@ def train(config: TrainConfig) -> TrainResult:
             from progemu_lite.model.grow import grow_decoder_depth
 
             grow_decoder_depth(init.model, config.grow_layers)
+        if config.vq is not None:
+            # A retrained tokenizer (e.g. `train-vq --init` of this pipeline's VQ) replaces the
+            # pipeline's: the decoder is fine-tuned on the new codes and saved with that VQ.
+            init.model.model.vqmodel = load_vq(config.vq, config.preset)
         vqmodel = init.model.model.vqmodel
         _freeze_vq(init.model)
     elif config.vq is None:
@@ -492,6 +510,10 @@ def train(config: TrainConfig) -> TrainResult:
         model = init.model
     else:
         model = _build_model(config.preset, tokenizer, vqmodel, config.seed)
+        if config.visual_token_init == "codebook":
+            from progemu_lite.model.codebook_init import init_visual_tokens_from_codebook
+
+            init_visual_tokens_from_codebook(model, builder.ids, config.seed)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -519,6 +541,7 @@ def train(config: TrainConfig) -> TrainResult:
         "interpretation_loss_weight": config.interpretation_loss_weight,
         "mixed_precision": accelerator.mixed_precision,
         "grow_layers": config.grow_layers,
+        "visual_token_init": config.visual_token_init,
     }
 
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
@@ -823,7 +846,9 @@ def load_vq(path: Path, preset: str):
         raise ValueError(
             f"the VQ tokenizer at {path} does not fit preset {preset!r}: " + "; ".join(mismatches)
         )
-    vqmodel.eval().requires_grad_(False)
+    # float32 whatever the file holds (a shipped pipeline is float16): the codes must not depend
+    # on the file's precision, and CPUs encode float16 slowly.
+    vqmodel.float().eval().requires_grad_(False)
     return vqmodel
 
 

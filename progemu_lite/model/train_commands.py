@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from progemu_lite.model.codebook_init import VISUAL_TOKEN_INITS
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -30,7 +32,10 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--init",
         type=Path,
-        help="start from this pipeline folder (weights, tokenizer and VQ) instead of --vq",
+        help=(
+            "start from this pipeline folder (weights, tokenizer and VQ); with --vq as well, "
+            "that VQ replaces the pipeline's (fine-tune the decoder on a retrained tokenizer)"
+        ),
     )
     parser.add_argument(
         "--grow-layers",
@@ -38,6 +43,13 @@ def register(subparsers) -> None:
         metavar="N",
         help="deepen the --init decoder to N layers first: copies of its layers whose output "
         "projections are zero, so training starts from the same predictions",
+    )
+    parser.add_argument(
+        "--visual-token-init",
+        choices=VISUAL_TOKEN_INITS,
+        default="random",
+        help="how a fresh decoder's visual-token embeddings start: random (transformers' init) "
+        "or from the VQ codebook vectors, so that codes that look alike start alike (random)",
     )
     parser.add_argument("--out", type=Path, required=True, help="run folder")
     parser.add_argument("--preset", default="lite", choices=("tiny", "lite", "full"), help="(lite)")
@@ -146,6 +158,7 @@ def _train(args) -> int:
         mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing,
         interpretation_loss_weight=args.interpretation_loss_weight,
+        visual_token_init=args.visual_token_init,
         progress=not args.quiet,
     )
     result = train(config)

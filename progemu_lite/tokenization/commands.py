@@ -1,5 +1,7 @@
 """``progemu-lite train-vq``: train the VQ image tokenizer on an ICG-CXR-style folder;
-``progemu-lite vq-report``: how well a trained one keeps held-out images and every finding."""
+``progemu-lite vq-report``: how well a trained one keeps held-out images and every finding;
+``progemu-lite vq-probe``: whether a reader can still tell a prior's findings from its VQ
+tokens."""
 
 from __future__ import annotations
 
@@ -71,6 +73,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", type=Path, required=True, help="output folder")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="VQ",
+        help=(
+            "start from this trained VQ (a train-vq folder or a checkpoint folder) with its "
+            "codebook kept, instead of a fresh model and a k-means codebook: a longer schedule "
+            "on top of a tokenizer keeps most codes' meaning, so a decoder trained on the old "
+            "codes can be fine-tuned on the new ones"
+        ),
+    )
+    train.add_argument(
         "--until",
         type=int,
         default=None,
@@ -121,6 +135,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--seed", type=int, default=0, help="seed of the finding patients (0)")
     report.set_defaults(handler=run_vq_report)
 
+    probe = subparsers.add_parser(
+        "vq-probe",
+        help="can a reader still tell a prior's findings from its VQ tokens?",
+        description=(
+            "Train the same small CNN four times (same seed) to name the findings (type and side) "
+            "of the training priors of --data: from their pixels, from their VQ round trips, and "
+            "from their VQ codes through a learnt embedding and through the codebook vectors. "
+            "Score each on the held-out pairs' stable findings (the model issue's stable-finding "
+            "check) and write OUT/probe.json and OUT/probe.png."
+        ),
+    )
+    probe.add_argument("--vq", type=Path, required=True, help="the VQ (or checkpoint) folder")
+    probe.add_argument("--data", type=Path, required=True, help="ICG-CXR-style data folder")
+    probe.add_argument("--out", type=Path, required=True, help="output folder")
+    probe.add_argument("--epochs", type=int, default=8, help="reader training epochs (8)")
+    probe.add_argument(
+        "--max-train-images",
+        type=int,
+        default=None,
+        help="train the readers on the first N distinct training priors (all)",
+    )
+    probe.add_argument("--seed", type=int, default=0, help="reader seed (0)")
+    probe.add_argument("--quiet", action="store_true", help="no progress bars")
+    probe.set_defaults(handler=run_vq_probe)
+
 
 def run_train_vq(args: argparse.Namespace) -> int:
     from progemu_lite.cli import CommandError
@@ -150,6 +189,18 @@ def run_train_vq(args: argparse.Namespace) -> int:
         )
     if args.resume and not has_run:
         raise FileNotFoundError(f"--resume: no VQ training checkpoint in {args.out}")
+    model = None
+    if args.init is not None:
+        if args.resume:
+            raise CommandError("--init starts a run; --resume continues one from its checkpoint")
+        from progemu_lite.tokenization.vq_figures import load_vq_folder
+
+        model, init_preset = load_vq_folder(args.init)
+        if init_preset != args.preset:
+            raise CommandError(
+                f"--init {args.init} is a {init_preset!r} VQ, not --preset {args.preset!r}"
+            )
+        model = model.float()  # a shipped checkpoint's VQ may be float16
     paths = find_training_images(args.data)[: args.max_images]
     images = load_training_images(
         args.data, IMAGE_SIZES[args.preset], limit=args.max_images, progress=not args.quiet
@@ -166,6 +217,13 @@ def run_train_vq(args: argparse.Namespace) -> int:
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
         until=args.until,
+        model=model,
+        # An --init VQ keeps its codebook: k-means would give every code a new meaning.
+        **(
+            {"init_codebook_from_data": False, "init_from": str(args.init)}
+            if model is not None
+            else {}
+        ),
     )
     # Quality on an evenly spread sample of the training images (the tokenizer's job is to
     # reproduce its data faithfully; generalisation is judged by the model run downstream).
@@ -174,6 +232,7 @@ def run_train_vq(args: argparse.Namespace) -> int:
     report["train_steps"] = len(log["steps"])
     report["final_loss"] = log["steps"][-1]["loss"] if log["steps"] else None
     report["restarts"] = log["restarts"]
+    report["init_from"] = log["config"]["init_from"]
     # The same simulated patients (seed 0) for every VQ, so two runs' figures compare.
     report["findings"] = finding_round_trip(
         model,
@@ -237,4 +296,54 @@ def run_vq_report(args: argparse.Namespace) -> int:
             f"sign kept {row['sign_kept']:.0%}"
         )
     print(f"saved {args.out / REPORT_FILE} and {args.out / FINDING_FIGURE}")
+    return 0
+
+
+def run_vq_probe(args: argparse.Namespace) -> int:
+    from progemu_lite.files import atomic_write_json
+    from progemu_lite.tokenization.vq import IMAGE_SIZES
+    from progemu_lite.tokenization.vq_figures import load_vq_folder
+    from progemu_lite.tokenization.vq_probe import (
+        PROBE_FIGURE,
+        PROBE_FILE,
+        READERS,
+        load_probe_set,
+        plot_probe,
+        probe_pairs,
+        probe_vq,
+    )
+
+    # Cheap checks before the model loads.
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.max_train_images is not None and args.max_train_images < 1:
+        raise ValueError(f"--max-train-images must be at least 1, got {args.max_train_images}")
+    pairs = probe_pairs(args.data)
+    vqmodel, preset = load_vq_folder(args.vq)
+    probe = load_probe_set(
+        pairs,
+        IMAGE_SIZES[preset],
+        max_train_images=args.max_train_images,
+        progress=not args.quiet,
+    )
+    report = probe_vq(vqmodel, probe, epochs=args.epochs, seed=args.seed, progress=not args.quiet)
+    report["vq"] = str(args.vq)
+    report["data"] = str(args.data)
+    # The report is complete before the first file is written.
+    plot_probe(
+        report, args.out / PROBE_FIGURE, title=f"Can a reader see the findings? (VQ {preset})"
+    )
+    atomic_write_json(args.out / PROBE_FILE, report)
+    for key, _, label in READERS:
+        score = report[key]
+        print(
+            f"reader of {label}: {score['stable_recall']:.1%} of {score['stable_annotated']} "
+            f"held-out stable findings seen (precision {score['precision']:.2f})"
+        )
+    ratio = report["recall_ratio"]
+    print(
+        "round trip / pixels: "
+        + (f"{ratio:.2f}x" if ratio is not None else "n/a (the pixel reader saw none)")
+    )
+    print(f"saved {args.out / PROBE_FILE} and {args.out / PROBE_FIGURE}")
     return 0

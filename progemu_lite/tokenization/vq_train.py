@@ -62,6 +62,7 @@ class VQTrainConfig:
     edge_weight: float = 0.1
     init_codebook_from_data: bool = True
     kmeans_iters: int = 5
+    init_from: str | None = None  # the trained VQ the run started from (train-vq --init); a record
     dead_after: int = 100  # a code unused for this many steps is restarted
     restart_every: int = 10
     seed: int = 0
@@ -77,6 +78,10 @@ class VQTrainConfig:
                 raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive; got {self.lr}")
+
+
+# Settings of the start only (the weights and codebook a run began with).
+_STEP_ZERO_FIELDS = ("init_codebook_from_data", "kmeans_iters", "init_from")
 
 
 @dataclass
@@ -348,6 +353,10 @@ def train_vq(
     if resume:
         trainer_state, last_used = load_checkpoint(out, model, optimizer)
         saved = trainer_state["config"]
+        # The codebook initialisation happened at step 0: a resumed run keeps the saved one
+        # (a run started from a trained VQ, `train-vq --init`, resumes without saying so again).
+        for name in _STEP_ZERO_FIELDS:
+            setattr(config, name, saved.get(name, getattr(config, name)))
         changed = [
             f.name
             for f in fields(VQTrainConfig)
