@@ -17,12 +17,12 @@ from progemu_lite.model.train import (
     cpu_has_native_bf16,
     encode_pair_cache,
     load_splits,
-    load_vq,
     step_indices,
     train,
     training_example,
     weighted_sequence_loss,
 )
+from progemu_lite.tokenization.vq import load_vq
 
 SIDES = ("left", "right")
 SEVERITIES = ("small", "moderate", "large")

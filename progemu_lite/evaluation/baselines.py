@@ -153,29 +153,14 @@ def _folder_identity(folder: Path) -> str:
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
 
 
-def load_vq(path) -> object:
-    """A VQ model from a ``save_vq`` folder (config.json + model.safetensors) or from a ProgEmu
-    checkpoint folder (the VQ inside the model)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"no VQ checkpoint folder at {path}")
-    if (path / "progemu.json").is_file():
-        from ..model.pipeline import ProgEmuPipeline
-
-        return ProgEmuPipeline.from_pretrained(path).model.model.vqmodel
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} holds no config.json: not a VQ checkpoint")
-    from transformers import Emu3VQVAE
-
-    return Emu3VQVAE.from_pretrained(path).eval()
-
-
 class VQReconstruction:
     name = "vq-reconstruction"
     description = "true follow-up through the VQ tokenizer (image upper bound)"
 
     def __init__(self, vq_path):
         self.path = Path(vq_path)
+        from ..tokenization.vq import load_vq
+
         self.vq = load_vq(self.path)
         self.size = int(getattr(self.vq.config, "resolution", 0) or 0)
         self.cache_key = f"vq-{_folder_identity(self.path)}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from progemu_lite.tokenization.text import TokenIds
+from progemu_lite.tokenization.vq import CHECKED_VQ_FIELDS
 
 if TYPE_CHECKING:
     import transformers
@@ -67,14 +68,6 @@ CHECKED_TEXT_FIELDS = (
     "num_key_value_heads",
     "max_position_embeddings",
     "vocab_size",
-)
-CHECKED_VQ_FIELDS = (
-    "codebook_size",
-    "in_channels",
-    "base_channels",
-    "channel_multiplier",
-    "embed_dim",
-    "latent_channels",
 )
 
 

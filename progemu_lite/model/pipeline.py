@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from progemu_lite.files import staged_folder
-from progemu_lite.model.config import CHECKED_VQ_FIELDS, PRESETS, build_model, config_mismatches
+from progemu_lite.model.config import PRESETS, build_model, config_mismatches
 from progemu_lite.model.generation import (
     DEFAULT_MAX_TEXT_TOKENS,
     DEFAULT_MIN_TEXT_TOKENS,
@@ -43,7 +43,7 @@ from progemu_lite.model.generation import (
 )
 from progemu_lite.tokenization.sequence import SequenceBuilder
 from progemu_lite.tokenization.text import load_text_tokenizer, train_text_tokenizer
-from progemu_lite.tokenization.vq import IMAGE_SIZES, SPATIAL_FACTOR, vq_config
+from progemu_lite.tokenization.vq import IMAGE_SIZES, SPATIAL_FACTOR, vq_preset
 
 PIPELINE_FILE = "progemu.json"
 PIPELINE_FORMAT = "progemu-lite/1"
@@ -326,25 +326,15 @@ def preset_from_config(config, where: str = "the checkpoint") -> str:
     """The preset whose VQ tokenizer ``config`` has (for folders without ``progemu.json``,
     e.g. a converted ``progemu``: the RGB 32768-code Emu3 tokenizer means ``full``)."""
     have = config.vq_config
-    for preset in PRESETS:
-        want = vq_config(preset)
-        if all(
-            _same(getattr(have, name, None), getattr(want, name, None))
-            for name in CHECKED_VQ_FIELDS
-        ):
-            return preset
-    raise ValueError(
-        f"{where} has no {PIPELINE_FILE} and its VQ config (codebook "
-        f"{getattr(have, 'codebook_size', None)}, {getattr(have, 'in_channels', None)} channels, "
-        f"base_channels {getattr(have, 'base_channels', None)}) matches no preset "
-        f"({', '.join(PRESETS)})"
-    )
-
-
-def _same(a, b) -> bool:
-    if isinstance(a, tuple | list) and isinstance(b, tuple | list):
-        return list(a) == list(b)
-    return a == b
+    preset = vq_preset(have)
+    if preset is None:
+        raise ValueError(
+            f"{where} has no {PIPELINE_FILE} and its VQ config (codebook "
+            f"{getattr(have, 'codebook_size', None)}, {getattr(have, 'in_channels', None)} channels, "
+            f"base_channels {getattr(have, 'base_channels', None)}) matches no preset "
+            f"({', '.join(PRESETS)})"
+        )
+    return preset
 
 
 def checkpoint_folder(

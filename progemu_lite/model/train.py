@@ -413,7 +413,7 @@ def train(config: TrainConfig) -> TrainResult:
     from transformers import get_cosine_schedule_with_warmup
 
     from progemu_lite.tokenization.sequence import SequenceBuilder
-    from progemu_lite.tokenization.vq import IMAGE_SIZES
+    from progemu_lite.tokenization.vq import IMAGE_SIZES, load_vq
 
     _check_config(config)
     out = Path(config.out)
@@ -791,65 +791,6 @@ def validation_loss(accelerator, model, pairs: Sequence[PairCodes], builder, bat
     total = accelerator.reduce(total, reduction="sum")
     count = accelerator.reduce(count, reduction="sum")
     return float(total / count)
-
-
-def load_vq(path: Path, preset: str):
-    """The frozen VQ of a run (eval mode, no gradients), checked against ``preset``.
-
-    ``path``: a ``progemu-lite train-vq`` output folder (``save_pretrained``: config.json +
-    model.safetensors), that run's ``training_state`` checkpoint (an unfinished run: the folder
-    itself or the run folder holding it), or a ProgEmu pipeline folder (its VQ is used).
-    """
-    from transformers import Emu3ForConditionalGeneration, Emu3VQVAE
-
-    from progemu_lite.model.config import CHECKED_VQ_FIELDS
-    from progemu_lite.tokenization.vq import build_vq, vq_config
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"VQ tokenizer {str(path)!r} does not exist")
-    if not path.is_dir():
-        raise ValueError(f"--vq {path}: expected a folder (train-vq output or a pipeline)")
-    checkpoint = path if (path / "state.json").is_file() else path / "training_state"
-    if (path / "config.json").is_file():
-        model_type = json.loads((path / "config.json").read_text()).get("model_type")
-        if model_type == "emu3":
-            vqmodel = Emu3ForConditionalGeneration.from_pretrained(path).model.vqmodel
-        elif model_type == "emu3_vqgan":
-            vqmodel = Emu3VQVAE.from_pretrained(path)
-        else:
-            raise ValueError(f"{path} holds a {model_type!r} model, not an Emu3 VQ tokenizer")
-    elif (checkpoint / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        vqmodel = build_vq(preset)
-        try:
-            vqmodel.load_state_dict(load_file(checkpoint / "model.safetensors"))
-        except RuntimeError as err:
-            first = str(err).strip().splitlines()[-1].strip()
-            raise ValueError(
-                f"the VQ checkpoint at {checkpoint} does not fit preset {preset!r}: {first}"
-            ) from None
-    else:
-        raise FileNotFoundError(
-            f"{path} is not a VQ tokenizer folder (no config.json, no training_state checkpoint)"
-        )
-    expected = vq_config(preset)
-    mismatches = [
-        f"{name} {getattr(vqmodel.config, name)} "
-        f"(preset {preset!r} wants {getattr(expected, name)})"
-        for name in CHECKED_VQ_FIELDS
-        if list(np.atleast_1d(getattr(vqmodel.config, name)))
-        != list(np.atleast_1d(getattr(expected, name)))
-    ]
-    if mismatches:
-        raise ValueError(
-            f"the VQ tokenizer at {path} does not fit preset {preset!r}: " + "; ".join(mismatches)
-        )
-    # float32 whatever the file holds (a shipped pipeline is float16): the codes must not depend
-    # on the file's precision, and CPUs encode float16 slowly.
-    vqmodel.float().eval().requires_grad_(False)
-    return vqmodel
 
 
 def _text_tokenizer(

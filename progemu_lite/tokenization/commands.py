@@ -53,6 +53,19 @@ def load_training_images(
     return out
 
 
+def load_vq_with_preset(folder: Path):
+    """``(vqmodel, preset)`` of the VQ tokenizer in ``folder`` (see ``vq.load_vq``)."""
+    from progemu_lite.tokenization.vq import PRESETS, load_vq, vq_preset
+
+    vqmodel = load_vq(folder)
+    preset = vq_preset(vqmodel.config)
+    if preset is None:
+        raise ValueError(
+            f"the VQ tokenizer in {folder} has the shapes of no preset ({', '.join(PRESETS)})"
+        )
+    return vqmodel, preset
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train-vq",
@@ -193,14 +206,11 @@ def run_train_vq(args: argparse.Namespace) -> int:
     if args.init is not None:
         if args.resume:
             raise CommandError("--init starts a run; --resume continues one from its checkpoint")
-        from progemu_lite.tokenization.vq_figures import load_vq_folder
-
-        model, init_preset = load_vq_folder(args.init)
+        model, init_preset = load_vq_with_preset(args.init)
         if init_preset != args.preset:
             raise CommandError(
                 f"--init {args.init} is a {init_preset!r} VQ, not --preset {args.preset!r}"
             )
-        model = model.float()  # a shipped checkpoint's VQ may be float16
     paths = find_training_images(args.data)[: args.max_images]
     images = load_training_images(
         args.data, IMAGE_SIZES[args.preset], limit=args.max_images, progress=not args.quiet
@@ -264,7 +274,6 @@ def run_vq_report(args: argparse.Namespace) -> int:
         FINDING_FIGURE,
         REPORT_FILE,
         held_out_pairs,
-        load_vq_folder,
         write_vq_report,
     )
 
@@ -273,7 +282,7 @@ def run_vq_report(args: argparse.Namespace) -> int:
     if not args.data.is_dir():
         raise FileNotFoundError(f"data folder {str(args.data)!r} does not exist")
     pairs = held_out_pairs(args.data, args.split)  # checked before the model loads
-    vqmodel, preset = load_vq_folder(args.vq)
+    vqmodel, preset = load_vq_with_preset(args.vq)
     report = write_vq_report(
         vqmodel,
         preset,
@@ -302,7 +311,6 @@ def run_vq_report(args: argparse.Namespace) -> int:
 def run_vq_probe(args: argparse.Namespace) -> int:
     from progemu_lite.files import atomic_write_json
     from progemu_lite.tokenization.vq import IMAGE_SIZES
-    from progemu_lite.tokenization.vq_figures import load_vq_folder
     from progemu_lite.tokenization.vq_probe import (
         PROBE_FIGURE,
         PROBE_FILE,
@@ -319,7 +327,7 @@ def run_vq_probe(args: argparse.Namespace) -> int:
     if args.max_train_images is not None and args.max_train_images < 1:
         raise ValueError(f"--max-train-images must be at least 1, got {args.max_train_images}")
     pairs = probe_pairs(args.data)
-    vqmodel, preset = load_vq_folder(args.vq)
+    vqmodel, preset = load_vq_with_preset(args.vq)
     probe = load_probe_set(
         pairs,
         IMAGE_SIZES[preset],

@@ -104,6 +104,85 @@ def build_vq(preset: str, seed: int = 0) -> transformers.Emu3VQVAE:
     return Emu3VQVAE(config).eval()
 
 
+# The fields that say which preset a VQ tokenizer is (dropout and the like may differ).
+CHECKED_VQ_FIELDS = (
+    "codebook_size",
+    "in_channels",
+    "base_channels",
+    "channel_multiplier",
+    "embed_dim",
+    "latent_channels",
+)
+
+
+def vq_mismatches(config, preset: str) -> list[str]:
+    """How the VQ config ``config`` differs from ``preset``'s, one phrase per field."""
+    expected = vq_config(preset)
+    return [
+        f"{name} {getattr(config, name, None)} (preset {preset!r} wants {getattr(expected, name)})"
+        for name in CHECKED_VQ_FIELDS
+        if list(np.atleast_1d(getattr(config, name, None)))
+        != list(np.atleast_1d(getattr(expected, name)))
+    ]
+
+
+def vq_preset(config) -> str | None:
+    """The preset whose VQ shapes the VQ config ``config`` has, or None if no preset's."""
+    return next((preset for preset in PRESETS if not vq_mismatches(config, preset)), None)
+
+
+def load_vq(path, preset: str | None = None) -> transformers.Emu3VQVAE:
+    """The VQ tokenizer saved in the folder ``path``: frozen (eval mode, no gradients), float32.
+
+    ``path``: a ``progemu-lite train-vq`` output folder (``save_vq``: config.json +
+    model.safetensors), the checkpoint of an unfinished ``train-vq`` run (its
+    ``training_state`` folder, or the run folder holding it), or a ProgEmu pipeline folder
+    (its VQ is used). ``preset``: when given, a VQ of other shapes is a ``ValueError`` naming
+    the fields that differ; read a VQ's preset with :func:`vq_preset`.
+    """
+    import json
+    from pathlib import Path
+
+    from transformers import Emu3ForConditionalGeneration, Emu3VQVAE
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no VQ folder at {path} (it does not exist)")
+    if not path.is_dir():
+        raise ValueError(
+            f"VQ {path}: expected a folder (train-vq output or a pipeline), not a file"
+        )
+    checkpoint = path if (path / "state.json").is_file() else path / "training_state"
+    if (path / "config.json").is_file():
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        try:
+            if model_type == "emu3":
+                vqmodel = Emu3ForConditionalGeneration.from_pretrained(path).model.vqmodel
+            elif model_type == "emu3_vqgan":
+                vqmodel = Emu3VQVAE.from_pretrained(path, use_safetensors=True)
+            else:
+                raise ValueError(f"it holds a {model_type!r} model, not an Emu3 VQ tokenizer")
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot load the VQ tokenizer in {path}: {err}") from None
+    elif (checkpoint / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        run_preset = json.loads((checkpoint / "state.json").read_text())["config"]["preset"]
+        vqmodel = build_vq(run_preset)
+        vqmodel.load_state_dict(load_file(checkpoint / "model.safetensors"))
+    else:
+        raise FileNotFoundError(
+            f"{path} is not a VQ tokenizer folder (no config.json, no training_state checkpoint)"
+        )
+    if preset is not None and (mismatches := vq_mismatches(vqmodel.config, preset)):
+        raise ValueError(
+            f"the VQ tokenizer at {path} does not fit preset {preset!r}: " + "; ".join(mismatches)
+        )
+    # float32 whatever the file holds (a shipped pipeline is float16): the codes must not depend
+    # on the file's precision, and CPUs encode float16 slowly.
+    return vqmodel.float().eval().requires_grad_(False)
+
+
 def check_gray_images(images, image_size: int | None = None, what: str = "images") -> np.ndarray:
     """``images`` as a uint8 ``(N, H, W)`` array, or a clear ``ValueError`` naming the problem.
 

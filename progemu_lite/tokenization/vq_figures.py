@@ -197,36 +197,6 @@ def _draw_finding_figure(cases, recons, rows, path: Path, title: str | None) -> 
 # -- held-out report ------------------------------------------------------------------------
 
 
-def load_vq_folder(folder: str | os.PathLike):
-    """``(vqmodel, preset)`` from a ``train-vq`` output folder, or the VQ inside a ProgEmu
-    pipeline folder (one with ``progemu.json``)."""
-    from types import SimpleNamespace
-
-    from progemu_lite.model.pipeline import PIPELINE_FILE, preset_from_config
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"no VQ folder at {folder}")
-    if (folder / PIPELINE_FILE).is_file():
-        from progemu_lite.model.pipeline import ProgEmuPipeline
-
-        pipe = ProgEmuPipeline.from_pretrained(folder, progress=False)
-        return pipe.model.model.vqmodel.eval(), pipe.preset
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{folder} holds no VQ model (no config.json): pass a train-vq output folder, or a "
-            "ProgEmu checkpoint folder"
-        )
-    from transformers import Emu3VQVAE
-
-    try:
-        vqmodel = Emu3VQVAE.from_pretrained(folder, use_safetensors=True).eval()
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot load the VQ model in {folder}: {err}") from err
-    preset = preset_from_config(SimpleNamespace(vq_config=vqmodel.config), str(folder))
-    return vqmodel, preset
-
-
 def held_out_pairs(data: str | os.PathLike, split: str = "test") -> list:
     """The ``split`` pairs (ICG-CXR ``PairRecord``) under ``data``; an error if there are none."""
     from progemu_lite.data.icgcxr import iter_pairs
