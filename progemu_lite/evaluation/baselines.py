@@ -158,9 +158,9 @@ class VQReconstruction:
     description = "true follow-up through the VQ tokenizer (image upper bound)"
 
     def __init__(self, vq_path):
-        self.path = Path(vq_path)
         from ..tokenization.vq import load_vq
 
+        self.path = Path(vq_path)
         self.vq = load_vq(self.path)
         self.size = int(getattr(self.vq.config, "resolution", 0) or 0)
         self.cache_key = f"vq-{_folder_identity(self.path)}"
