@@ -21,11 +21,13 @@ from progemu_lite.tokenization.vq import (
     decode_codes,
     encode_images,
     images_to_pixels,
+    load_vq,
     plot_round_trip,
     psnr,
     save_vq,
     ssim,
     vq_config,
+    vq_preset,
     vq_report,
 )
 from progemu_lite.tokenization.vq_train import (
@@ -376,6 +378,32 @@ def test_save_vq_round_trips(tmp_path, tiny):
     loaded = Emu3VQVAE.from_pretrained(tmp_path / "vq")
     images = shapes(2)
     np.testing.assert_array_equal(encode_images(loaded, images), encode_images(tiny, images))
+
+
+def test_load_vq_gives_a_frozen_float32_model_and_names_its_preset(tmp_path):
+    save_vq(build_vq("tiny").half(), tmp_path / "vq")  # float16, as a shipped pipeline's VQ
+    loaded = load_vq(tmp_path / "vq", "tiny")
+    assert vq_preset(loaded.config) == "tiny"
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    assert vq_preset(Emu3VQVAEConfig(codebook_size=77)) is None
+    with pytest.raises(ValueError, match=r"does not fit preset 'lite': codebook_size 256"):
+        load_vq(tmp_path / "vq", "lite")
+
+
+def test_load_vq_names_what_is_wrong_with_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no VQ folder at .*missing"):
+        load_vq(tmp_path / "missing")
+    (tmp_path / "file.png").write_bytes(b"png")
+    with pytest.raises(ValueError, match="expected a folder"):
+        load_vq(tmp_path / "file.png")
+    with pytest.raises(FileNotFoundError, match="not a VQ tokenizer folder"):
+        load_vq(tmp_path)
+    other = tmp_path / "bert"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ValueError, match="holds a 'bert' model, not an Emu3 VQ tokenizer"):
+        load_vq(other)
 
 
 # ---------------------------------------------------------------- the command
