@@ -59,14 +59,17 @@ clean:
 # a sixth and a seventh add 3500 and 4500 steps on the same patients (each from the previous
 # float16 export, reusing the fifth's image codes; the seventh in bf16, 1.3x faster on a CPU
 # with AVX512-BF16 or AMX).
+# VISUAL_TOKEN_INIT=codebook starts the decoder's visual-token embeddings from the VQ codebook
+# (docs/training.md, "What the decoder can read"); the shipped weights were trained with random.
 LITE_RUNS ?= runs
+VISUAL_TOKEN_INIT ?= random
 train-lite: $(STAMP)
 	$(BIN)/progemu-lite phantom --patients 2000 --pairs-per-patient 3 --size 128 --seed 0 \
 		--out $(LITE_RUNS)/lite-data
 	$(BIN)/progemu-lite train-vq --data $(LITE_RUNS)/lite-data --preset lite --steps 1000 \
 		--out $(LITE_RUNS)/vq-lite $(if $(wildcard $(LITE_RUNS)/vq-lite/training_state),--resume)
 	$(BIN)/progemu-lite train --data $(LITE_RUNS)/lite-data --vq $(LITE_RUNS)/vq-lite --preset lite \
-		--epochs 8 --until 3000 --batch-size 8 --lr 8e-4 --warmup-steps 100 --eval-every 600 \
+		--visual-token-init $(VISUAL_TOKEN_INIT) --epochs 8 --until 3000 --batch-size 8 --lr 8e-4 --warmup-steps 100 --eval-every 600 \
 		--max-val-pairs 96 --save-every 600 --out $(LITE_RUNS)/lm-lite \
 		$(if $(wildcard $(LITE_RUNS)/lm-lite/checkpoints),--resume)
 	$(BIN)/progemu-lite train --data $(LITE_RUNS)/lite-data \
