@@ -69,7 +69,8 @@ train-lite: $(STAMP)
 	$(BIN)/progemu-lite train-vq --data $(LITE_RUNS)/lite-data --preset lite --steps 1000 \
 		--out $(LITE_RUNS)/vq-lite $(if $(wildcard $(LITE_RUNS)/vq-lite/training_state),--resume)
 	$(BIN)/progemu-lite train --data $(LITE_RUNS)/lite-data --vq $(LITE_RUNS)/vq-lite --preset lite \
-		--visual-token-init $(VISUAL_TOKEN_INIT) --epochs 8 --until 3000 --batch-size 8 --lr 8e-4 --warmup-steps 100 --eval-every 600 \
+		--visual-token-init $(VISUAL_TOKEN_INIT) --epochs 8 --until 3000 --batch-size 8 --lr 8e-4 \
+		--warmup-steps 100 --eval-every 600 \
 		--max-val-pairs 96 --save-every 600 --out $(LITE_RUNS)/lm-lite \
 		$(if $(wildcard $(LITE_RUNS)/lm-lite/checkpoints),--resume)
 	$(BIN)/progemu-lite train --data $(LITE_RUNS)/lite-data \
