@@ -322,6 +322,7 @@ SAMPLING_KEYS = (
     "top_k",
     "top_p",
     "guidance_scale",
+    "text_guidance_scale",
     "seed",
     "max_text_tokens",
     "unconditional",

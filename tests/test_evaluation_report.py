@@ -266,4 +266,6 @@ def test_model_row_from_a_checkpoint_folder_is_cached(dataset, classifier_dir, t
     assert true_row["timing"]["cached"] is False and prior_row["timing"]["cached"] is False
     assert true_row["metrics"]["ssim"] != first["rows"][0]["metrics"]["ssim"]
     assert prior_row["metrics"]["ssim"] != true_row["metrics"]["ssim"]
-    assert main([*read_argv, "true", "--guidance-scale", "3", "--out", str(tmp_path / "x")]) == 2
+    for flag in ("--guidance-scale", "--text-guidance-scale"):
+        assert main([*read_argv, "true", flag, "3", "--out", str(tmp_path / "x")]) == 2
+        assert not (tmp_path / "x").exists()

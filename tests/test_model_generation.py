@@ -316,10 +316,44 @@ def test_cfg_combines_conditional_and_null_logits(setup):
     _check_layout(out.row(0)[0], builder, 4)
 
 
+def test_text_guidance_scale_guides_the_interpretation_apart_from_the_image(setup):
+    # Guidance on the image only (text scale 1): the image of full guidance, then the text the
+    # unguided model reads off that image; and the text scale alone leaves the image unguided.
+    model, builder, prefixes = setup
+    ids = builder.ids
+    h, w = GRID
+    n_image = h * (w + 1) + 2
+    null = builder.null_prefix_ids(GRID)
+
+    def greedy(rows, **scales):
+        settings = SamplingSettings(temperature=0, max_text_tokens=6, **scales)
+        return generate(model, rows, ids, GRID, settings, null_prefix=null)
+
+    guided = greedy(prefixes, guidance_scale=3.0)
+    image_only = greedy(prefixes, guidance_scale=3.0, text_guidance_scale=1.0)
+    text_only = greedy(prefixes, guidance_scale=1.0, text_guidance_scale=3.0)
+    plain = greedy(prefixes)
+    given = []
+    for i, prefix in enumerate(prefixes):
+        seq = image_only.row(i)[0]
+        assert np.array_equal(seq[:n_image], guided.row(i)[0][:n_image])
+        assert np.array_equal(text_only.row(i)[0][:n_image], plain.row(i)[0][:n_image])
+        codes = seq[: h * (w + 1)].reshape(h, w + 1)[:, :w] - ids.visual_offset
+        given.append(np.concatenate([prefix, builder.grid_ids(codes), [ids.eof, ids.eoi]]))
+    read = greedy(given)
+    for i in range(len(prefixes)):
+        assert np.array_equal(read.row(i)[0], image_only.row(i)[0][n_image:])
+    _check_layout(text_only.row(0)[0], builder, 6)
+
+
 def test_bad_settings_are_errors(setup):
     model, builder, prefixes = setup
     with pytest.raises(ValueError, match="null-condition prefix"):
         generate(model, prefixes, builder.ids, GRID, SamplingSettings(guidance_scale=3))
+    with pytest.raises(ValueError, match="null-condition prefix"):
+        generate(model, prefixes, builder.ids, GRID, SamplingSettings(text_guidance_scale=2))
+    with pytest.raises(ValueError, match="text_guidance_scale"):
+        generate(model, prefixes, builder.ids, GRID, SamplingSettings(text_guidance_scale=-1))
     with pytest.raises(ValueError, match="temperature"):
         generate(model, prefixes, builder.ids, GRID, SamplingSettings(temperature=-1))
     with pytest.raises(ValueError, match="top_p"):

@@ -268,6 +268,12 @@ def test_cli_generate(checkpoint, prior, tmp_path, capsys):
         saved["token_probabilities"]
     )
     assert saved["interpretation"] in capsys.readouterr().out
+    # the model card's setting: sampled, guided image; greedy, unguided interpretation
+    argv += ["--text-temperature", "0", "--guidance-scale", "2", "--text-guidance-scale", "1"]
+    assert main(argv + ["--out", str(out), "--json", str(record), "--max-text-tokens", "5"]) == 0
+    settings = json.loads(record.read_text())["settings"]
+    assert settings["text_temperature"] == 0 and settings["temperature"] == 1
+    assert settings["guidance_scale"] == 2 and settings["text_guidance_scale"] == 1
     bad = tmp_path / "bad.png"
     assert main(["generate", "--model", str(checkpoint), "--prior", str(png), "--prompt", "",
                  "--out", str(bad)]) == 2  # fmt: skip

@@ -89,6 +89,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="model classifier-free guidance scale (the pipeline's 1.0 = none)",
     )
     ev.add_argument(
+        "--text-guidance-scale",
+        type=float,
+        default=None,
+        help="model guidance scale of the interpretation only (default: --guidance-scale; "
+        "1 guides the image only)",
+    )
+    ev.add_argument(
         "--read-follow-up",
         choices=READABLE_FOLLOWUPS,
         default=None,
@@ -231,11 +238,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 ("text_temperature", args.text_temperature),
                 ("top_k", args.top_k),
                 ("guidance_scale", args.guidance_scale),
+                ("text_guidance_scale", args.text_guidance_scale),
             )
             if value is not None
         }
-        if args.read_follow_up and "guidance_scale" in sampling:
-            raise ValueError("--guidance-scale applies to drawing, not to --read-follow-up")
+        if args.read_follow_up and {"guidance_scale", "text_guidance_scale"} & sampling.keys():
+            raise ValueError(
+                "--guidance-scale and --text-guidance-scale apply to drawing, not to "
+                "--read-follow-up"
+            )
         model, reason = B.load_model_system(
             args.checkpoint, seed=args.seed, reads=args.read_follow_up, **sampling
         )

@@ -34,6 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     gen.add_argument("--seed", type=int, default=0, help="random seed (0)")
     gen.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (1.0)")
+    gen.add_argument(
+        "--text-temperature",
+        type=float,
+        default=None,
+        help="the interpretation's own temperature (default: --temperature; the model card "
+        "recommends 0 for the lite model)",
+    )
     gen.add_argument("--top-k", type=int, default=2048, help="top-k sampling (2048, official)")
     gen.add_argument("--top-p", type=float, default=None, help="nucleus sampling (off)")
     gen.add_argument(
@@ -41,6 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=1.0,
         help="classifier-free guidance scale (1 = off; the paper uses 3)",
+    )
+    gen.add_argument(
+        "--text-guidance-scale",
+        type=float,
+        default=None,
+        help="the interpretation's own guidance scale (default: --guidance-scale; 1 guides "
+        "the image only)",
     )
     gen.add_argument(
         "--max-text-tokens",
@@ -73,9 +87,11 @@ def run_generate(args: argparse.Namespace) -> int:
         args.prior,
         args.prompt,
         temperature=args.temperature,
+        text_temperature=args.text_temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         guidance_scale=args.guidance_scale,
+        text_guidance_scale=args.text_guidance_scale,
         seed=args.seed,
         max_text_tokens=args.max_text_tokens,
     )

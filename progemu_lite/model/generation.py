@@ -140,13 +140,16 @@ class GridConstraint(LogitsProcessor):
 class SamplingSettings:
     """How tokens are chosen. ``temperature=0`` means greedy decoding. ``text_temperature``:
     the interpretation's own temperature (None: ``temperature``); a small model's sampled text
-    drifts from what its image shows, greedy text (0) reads it more faithfully."""
+    drifts from what its image shows, greedy text (0) reads it more faithfully.
+    ``text_guidance_scale``: the interpretation's own guidance scale (None: ``guidance_scale``,
+    as the official code guides every token); 1 guides the image only."""
 
     temperature: float = 1.0
     text_temperature: float | None = None
     top_k: int | None = DEFAULT_TOP_K
     top_p: float | None = None
     guidance_scale: float = 1.0  # 1 = no classifier-free guidance; official uses 3
+    text_guidance_scale: float | None = None  # the interpretation's own (None: guidance_scale)
     seed: int | None = None
     max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS
     min_text_tokens: int = DEFAULT_MIN_TEXT_TOKENS
@@ -162,6 +165,8 @@ class SamplingSettings:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.text_guidance_scale is not None and self.text_guidance_scale < 0:
+            raise ValueError(f"text_guidance_scale must be >= 0, got {self.text_guidance_scale}")
         if self.max_text_tokens < self.min_text_tokens:
             raise ValueError(
                 f"max_text_tokens must be >= {self.min_text_tokens}, got {self.max_text_tokens}"
@@ -356,7 +361,10 @@ def generate(
             "every prefix must end with the follow-up's <|image token|> (to draw it) or every "
             "one with its <|image end|> (to interpret a given image); got a mix or neither"
         )
-    guided = settings.guidance_scale != 1.0
+    image_scale = settings.guidance_scale
+    text_scale = settings.text_guidance_scale
+    text_scale = image_scale if text_scale is None else text_scale
+    guided = image_scale != 1.0 or text_scale != 1.0
     if guided and first_offset != 1:
         raise ValueError(
             "classifier-free guidance applies to drawing the image, not to reading one"
@@ -408,7 +416,7 @@ def generate(
     # All rows start right after the prefix, so they share the offset: one phase per step.
     schedule = constraint.phases(torch.arange(first_offset, first_offset + steps, device=device))
     done_row = constraint.allowed[PHASE_DONE]
-    text_steps = (schedule >= PHASE_TEXT).tolist()  # steps sampled at the text temperature
+    text_steps = (schedule >= PHASE_TEXT).tolist()  # at the text temperature and guidance
     no_filter = (settings.top_k is None or settings.top_k >= vocab_size) and (
         settings.top_p is None or settings.top_p >= 1.0
     )
@@ -444,7 +452,8 @@ def generate(
             )
         logits = out.logits[:, -1, :].float()
         cond = logits[:batch]
-        scores = guided_log_probs(cond, logits[batch:] if guided else cond, settings.guidance_scale)
+        scale = text_scale if text_steps[step] else image_scale
+        scores = guided_log_probs(cond, logits[batch:] if guided else cond, scale)
         allowed = torch.where(finished[:, None], done_row, constraint.allowed[schedule[step]])
         scores = scores.masked_fill(~allowed[:, : scores.shape[-1]], float("-inf"))
         probs = torch.softmax(scores, dim=-1)

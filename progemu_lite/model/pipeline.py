@@ -725,6 +725,7 @@ class ProgEmuPipeline:
         top_k: int | None = DEFAULT_TOP_K,
         top_p: float | None = None,
         guidance_scale: float = 1.0,
+        text_guidance_scale: float | None = None,
         seed: int | None = None,
         max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS,
         unconditional: bool = False,
@@ -747,6 +748,7 @@ class ProgEmuPipeline:
             top_k=top_k,
             top_p=top_p,
             guidance_scale=guidance_scale,
+            text_guidance_scale=text_guidance_scale,
             seed=seed,
         )
         clean_prompts = [
@@ -804,6 +806,7 @@ class ProgEmuPipeline:
         top_k: int | None = DEFAULT_TOP_K,
         top_p: float | None = None,
         guidance_scale: float = 1.0,
+        text_guidance_scale: float | None = None,
         seed: int | None = None,
         max_text_tokens: int = DEFAULT_MAX_TEXT_TOKENS,
         unconditional: bool = False,
@@ -811,7 +814,8 @@ class ProgEmuPipeline:
         """One counterfactual. ``prior``: uint8/16-bit/float array, PIL image, PNG or DICOM
         path. ``temperature=0`` decodes greedily; ``text_temperature``: the interpretation's
         own (default: ``temperature``); ``guidance_scale`` > 1 applies classifier-free
-        guidance against the null condition (official: 3)."""
+        guidance against the null condition (official: 3) and ``text_guidance_scale`` is the
+        interpretation's own (default: ``guidance_scale``; 1 = guide the image only)."""
         return self.batch(
             [prior],
             [prompt],
@@ -820,6 +824,7 @@ class ProgEmuPipeline:
             top_k=top_k,
             top_p=top_p,
             guidance_scale=guidance_scale,
+            text_guidance_scale=text_guidance_scale,
             seed=seed,
             max_text_tokens=max_text_tokens,
             unconditional=unconditional,
