@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--guidance-scale",
         type=float,
         default=1.0,
-        help="classifier-free guidance scale (1 = off; the paper uses 3)",
+        help="classifier-free guidance scale (1 = off; the official code's is 3)",
     )
     gen.add_argument(
         "--text-guidance-scale",
