@@ -268,7 +268,7 @@ def test_cli_generate(checkpoint, prior, tmp_path, capsys):
         saved["token_probabilities"]
     )
     assert saved["interpretation"] in capsys.readouterr().out
-    # the model card's setting: sampled, guided image; greedy, unguided interpretation
+    # the interpretation's own temperature and guidance scale reach the pipeline
     argv += ["--text-temperature", "0", "--guidance-scale", "2", "--text-guidance-scale", "1"]
     assert main(argv + ["--out", str(out), "--json", str(record), "--max-text-tokens", "5"]) == 0
     settings = json.loads(record.read_text())["settings"]
