@@ -363,7 +363,8 @@ def generate(
         )
     image_scale = settings.guidance_scale
     text_scale = settings.text_guidance_scale
-    text_scale = image_scale if text_scale is None else text_scale
+    if text_scale is None:
+        text_scale = image_scale
     guided = image_scale != 1.0 or text_scale != 1.0
     if guided and first_offset != 1:
         raise ValueError(
