@@ -135,6 +135,19 @@ def test_evaluate_command_on_the_baselines(dataset, classifier_dir, tmp_path, ca
     assert by_finding.keys() == copy["stable_by_finding"].keys()
     first = sorted(by_finding)[0]
     assert f"| copy-prior | 0% (0/{by_finding[first]['annotated']})" in md
+    # ... and how the unreported ones were missed: the echo never names them
+    stable_total = copy["counts"]["stable_findings"]
+    assert copy["stable_missed"]["not mentioned"] + copy["stable_missed"]["denied"] == stable_total
+    missed_by_truth = sum(truth["stable_missed"].values())
+    reported_by_truth = sum(e["reported"] for e in by_finding.values())
+    assert missed_by_truth == stable_total - reported_by_truth
+    assert "| System | not mentioned | denied | misstated |" in md
+    for finding, sizes in truth["stable_by_severity"].items():
+        assert sum(e["annotated"] for e in sizes.values()) == by_finding[finding]["annotated"]
+        assert sum(e["reported"] for e in sizes.values()) == by_finding[finding]["reported"]
+    assert "| System | Finding | Reported, by severity |" in md
+    by_type = copy["stable_missed_by_finding"]
+    assert sum(sum(kinds.values()) for kinds in by_type.values()) == stable_total
     assert {"prompt_named", "stable_reported"} <= set(rows[0])
     png = (out / "examples.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

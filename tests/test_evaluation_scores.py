@@ -3,10 +3,12 @@
 import pytest
 
 from progemu_lite.evaluation.finding_scores import (
+    missed_stable_findings,
     parse_annotation,
     prompted_change_reported,
     score_case,
     score_corpus,
+    stable_findings_by_severity,
     stable_findings_reported,
 )
 
@@ -216,3 +218,40 @@ def test_stable_findings_are_reported_only_when_stated():
     )
     assert stable_findings_reported(worse) == (0, 1)
     assert stable_findings_reported(score_case("x", None)) == (0, 0)
+
+
+def test_missed_stable_findings_say_how_they_were_missed():
+    effusion_stable = entry("pleural_effusion", "left", "stable", "small", "small")
+    annotation = [PTX_NEW, effusion_stable, CARDIOMEGALY_STABLE]
+    prompt_echo = "A small right pneumothorax has developed."
+
+    def how(text):
+        return dict(missed_stable_findings(score_case(f"{prompt_echo} {text}", annotation)))
+
+    assert how("") == {"pleural_effusion": "not mentioned", "cardiomegaly": "not mentioned"}
+    assert how("No pleural effusion. The heart is normal in size.") == {
+        "pleural_effusion": "denied",
+        "cardiomegaly": "denied",
+    }
+    # the other side's effusion denied is not this one denied; claimed on the wrong side or
+    # with another direction is misstated
+    assert how("No right pleural effusion. Stable cardiomegaly.") == {
+        "pleural_effusion": "not mentioned"
+    }
+    assert how("Stable small right pleural effusion. Stable cardiomegaly.") == {
+        "pleural_effusion": "misstated"
+    }
+    assert how("The left pleural effusion has increased. Cardiomegaly is worse.") == {
+        "pleural_effusion": "misstated",
+        "cardiomegaly": "misstated",
+    }
+    assert how("Stable small left pleural effusion. Stable cardiomegaly.") == {}
+    # the same counts per annotated severity: which sizes a model sees
+    by_severity = stable_findings_by_severity(
+        score_case(f"{prompt_echo} Stable cardiomegaly.", annotation)
+    )
+    assert by_severity == {
+        ("pleural_effusion", "small"): (0, 1),
+        ("cardiomegaly", "moderate"): (1, 1),
+    }
+    assert missed_stable_findings(score_case("x", None)) == []

@@ -20,6 +20,7 @@ from progemu_lite.tokenization.vq_probe import (
     prior_targets,
     probe_pairs,
     read_findings,
+    recall_by_grade,
     score_reading,
     train_reader,
 )
@@ -57,7 +58,13 @@ def key(finding, side=None) -> int:
 def test_prior_targets_name_what_the_prior_holds_and_what_stays():
     annotation = [
         {"finding": "pneumothorax", "location": "right", "direction": "new"},
-        {"finding": "pleural_effusion", "location": "left", "direction": "stable"},
+        {
+            "finding": "pleural_effusion",
+            "location": "left",
+            "direction": "stable",
+            "severity_before": "moderate",
+            "severity_after": "moderate",
+        },
         {"finding": "consolidation", "location": "right_lower_lobe", "direction": "worse"},
         {"finding": "cardiomegaly", "location": None, "direction": "stable"},
     ]
@@ -65,6 +72,9 @@ def test_prior_targets_name_what_the_prior_holds_and_what_stays():
     held = {key("pleural_effusion", "left"), key("consolidation", "right"), key("cardiomegaly")}
     assert set(np.flatnonzero(present)) == held  # the new pneumothorax is not in the prior
     assert set(np.flatnonzero(stable)) == {key("pleural_effusion", "left"), key("cardiomegaly")}
+    # stable findings carry their severity grade (moderate: the 2nd of small, moderate, large);
+    # one without a severity counts as the mildest
+    assert stable[key("pleural_effusion", "left")] == 2 and stable[key("cardiomegaly")] == 1
     with pytest.raises(ValueError, match="unusable expert annotation.*unknown finding"):
         prior_targets([{"finding": "fracture", "location": "left", "direction": "new"}])
     with pytest.raises(ValueError, match="unusable expert annotation: annotation missing"):
@@ -95,6 +105,16 @@ def test_score_reading_counts_each_pairs_stable_findings():
     assert (score["stable_seen"], score["stable_annotated"]) == (1, 3)
     assert score["precision"] == pytest.approx(1 / 2)
     assert score["by_finding"]["nodule"] == [0, 2] and score["by_finding"]["cardiomegaly"] == [1, 1]
+    # True grades count as the mildest severity word
+    assert score["by_severity"]["cardiomegaly"] == {
+        "mild": [1, 1],
+        "moderate": [0, 0],
+        "severe": [0, 0],
+    }
+    assert score["by_severity"]["nodule"]["small"] == [0, 2]
+    assert recall_by_grade(score) == [(1, 3), (0, 0), (0, 0)]
+    assert score["claimed"] == 2  # held-out priors only
+    assert score_reading(np.zeros_like(seen), probe)["claimed"] == 0  # a collapsed reader
 
 
 def _visible_finding(source: str, n: int = 192):
@@ -163,6 +183,9 @@ def test_vq_probe_command(data, tiny_vq, tmp_path, capsys):
         score = report[name]
         assert 0 <= score["stable_recall"] <= 1 and 0 <= score["precision"] <= 1
         assert sum(s for s, _ in score["by_finding"].values()) == score["stable_seen"]
+        for finding, (seen, annotated) in score["by_finding"].items():
+            sizes = score["by_severity"][finding].values()
+            assert [sum(s for s, _ in sizes), sum(a for _, a in sizes)] == [seen, annotated]
     pixels = report["pixels"]["stable_recall"]
     if pixels:  # a reader trained on 3 priors for 1 epoch may see nothing
         ratio = report["round_trip"]["stable_recall"] / pixels
@@ -171,8 +194,14 @@ def test_vq_probe_command(data, tiny_vq, tmp_path, capsys):
         assert report["recall_ratio"] is None
     with Image.open(out / PROBE_FIGURE) as image:
         assert image.format == "PNG" and image.width > 600
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert printed.count("held-out stable findings seen") == 4 and "codebook vectors" in printed
+    # a reader that names nothing in any held-out prior is flagged, and only then
+    readers = ("pixels", "round_trip", "codes", "codebook")
+    collapsed = [name for name in readers if report[name]["claimed"] == 0]
+    assert captured.err.count("training collapsed") == len(collapsed)
+    assert printed.count("by severity, mildest ") == 4
 
 
 def test_vq_probe_bad_input_is_one_line_and_writes_nothing(data, tiny_vq, tmp_path, capsys):

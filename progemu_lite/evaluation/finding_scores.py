@@ -143,6 +143,7 @@ class CaseScore:
     matched: list[tuple[AnnotatedChange, LabeledFinding]] = field(default_factory=list)
     hallucinated: list[LabeledFinding] = field(default_factory=list)
     omitted: list[AnnotatedChange] = field(default_factory=list)
+    denials: list[LabeledFinding] = field(default_factory=list)  # "No pneumothorax."
     lenient_tp: int = 0
     malformed_entries: int = 0
     empty_text: bool = False
@@ -244,6 +245,7 @@ def score_case(text: str | None, annotation) -> CaseScore:
         matched=matched,
         hallucinated=[c for c in claims if id(c) not in matched_claims],
         omitted=[a for a in entries if id(a) not in matched_entries],
+        denials=[f for f in findings if f.direction == "absent"],
         lenient_tp=len(_match(entries, claims, use_direction=False)),
         malformed_entries=len(problems),
         empty_text=empty,
@@ -278,18 +280,61 @@ def prompted_change_reported(result: CaseScore, progression: dict | None) -> boo
     return any(id(a) in matched for a in requested)
 
 
-def stable_findings_by_finding(result: CaseScore) -> dict[str, tuple[int, int]]:
-    """:func:`stable_findings_reported` per finding type: ``{finding: (reported, annotated)}``
-    (which findings a model reads off the prior, and which it misses)."""
+def stable_findings_by_severity(result: CaseScore) -> dict[tuple[str, str], tuple[int, int]]:
+    """:func:`stable_findings_reported` per finding type and annotated severity:
+    ``{(finding, severity): (reported, annotated)}`` (a small effusion is harder to see than a
+    large one); severity "unknown" where the annotation gives none."""
     if result.status != "scored":
         return {}
     matched = {id(a) for a, _ in result.matched}
-    counts: dict[str, tuple[int, int]] = {}
+    counts: dict[tuple[str, str], tuple[int, int]] = {}
     for a in result.annotation:
         if a.direction == "stable":
-            reported, annotated = counts.get(a.finding, (0, 0))
-            counts[a.finding] = (reported + (id(a) in matched), annotated + 1)
+            key = (a.finding, a.severity_before or a.severity_after or "unknown")
+            reported, annotated = counts.get(key, (0, 0))
+            counts[key] = (reported + (id(a) in matched), annotated + 1)
     return counts
+
+
+def stable_findings_by_finding(result: CaseScore) -> dict[str, tuple[int, int]]:
+    """:func:`stable_findings_reported` per finding type: ``{finding: (reported, annotated)}``
+    (which findings a model reads off the prior, and which it misses)."""
+    counts: dict[str, tuple[int, int]] = {}
+    for (finding, _), (reported, annotated) in stable_findings_by_severity(result).items():
+        before = counts.get(finding, (0, 0))
+        counts[finding] = (before[0] + reported, before[1] + annotated)
+    return counts
+
+
+MISSED_STABLE_KINDS = ("not mentioned", "denied", "misstated")
+
+
+def missed_stable_findings(result: CaseScore) -> list[tuple[str, str]]:
+    """``(finding, how)`` for each of the prior's unchanged findings the interpretation does not
+    report, ``how`` one of :data:`MISSED_STABLE_KINDS`: "denied" (the text says it is absent,
+    "No pneumothorax.", naming its side or no side), "misstated" (the text claims that finding
+    type with another place or direction, "New right pleural effusion" for a stable left one) or
+    "not mentioned". A model that never sees a finding omits or denies it; one that sees it but
+    places it wrongly misstates it."""
+    if result.status != "scored":
+        return []
+    matched = {id(a) for a, _ in result.matched}
+    missed = []
+    for a in result.annotation:
+        if a.direction != "stable" or id(a) in matched:
+            continue
+        side = _side(a.finding, a.laterality)
+        if any(
+            d.finding == a.finding and _side(d.finding, d.laterality) in (None, side)
+            for d in result.denials
+        ):
+            how = "denied"
+        elif any(c.finding == a.finding for c in result.hallucinated):
+            how = "misstated"
+        else:
+            how = "not mentioned"
+        missed.append((a.finding, how))
+    return missed
 
 
 def stable_findings_reported(result: CaseScore) -> tuple[int, int]:

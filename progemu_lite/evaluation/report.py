@@ -342,9 +342,11 @@ def score_system(
     ``text_results``: :func:`text_scores` of the outputs when already computed."""
     from .classifier import alignment_pairs, auroc, expected_head_state, f1_at
     from .finding_scores import (
+        MISSED_STABLE_KINDS,
+        missed_stable_findings,
         prompted_change_reported,
         score_case,
-        stable_findings_by_finding,
+        stable_findings_by_severity,
         stable_findings_reported,
         summarize,
     )
@@ -478,15 +480,35 @@ def score_system(
             seed,
         ),
     }
-    by_finding: dict[str, list[int]] = {}
+    by_severity: dict[tuple[str, str], list[int]] = {}
     for i in scored:
-        for finding, (reported, annotated) in stable_findings_by_finding(case_scores[i]).items():
-            totals = by_finding.setdefault(finding, [0, 0])
+        for key, (reported, annotated) in stable_findings_by_severity(case_scores[i]).items():
+            totals = by_severity.setdefault(key, [0, 0])
             totals[0] += reported
             totals[1] += annotated
+    by_finding: dict[str, list[int]] = {}
+    for (finding, _), (reported, annotated) in by_severity.items():
+        totals = by_finding.setdefault(finding, [0, 0])
+        totals[0] += reported
+        totals[1] += annotated
     results["stable_by_finding"] = {
         finding: {"reported": r, "annotated": a} for finding, (r, a) in sorted(by_finding.items())
     }
+    results["stable_by_severity"] = {}
+    for (finding, severity), (r, a) in sorted(by_severity.items()):
+        results["stable_by_severity"].setdefault(finding, {})[severity] = {
+            "reported": r,
+            "annotated": a,
+        }
+    missed = {kind: 0 for kind in MISSED_STABLE_KINDS}
+    missed_by_finding: dict[str, dict[str, int]] = {}
+    for i in scored:
+        for finding, how in missed_stable_findings(case_scores[i]):
+            missed[how] += 1
+            kinds = missed_by_finding.setdefault(finding, dict.fromkeys(MISSED_STABLE_KINDS, 0))
+            kinds[how] += 1
+    results["stable_missed"] = missed
+    results["stable_missed_by_finding"] = dict(sorted(missed_by_finding.items()))
     results["counts"] = {
         "n_cases": n,
         "alignment_cases": len(known),
@@ -541,6 +563,41 @@ def markdown_table(rows: list[dict], columns=COLUMNS) -> str:
     for row in rows:
         cells = [row["system"]] + [_cell(row["metrics"][k]) for k, _, _ in columns]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def stable_missed_table(rows: list[dict]) -> str:
+    """Markdown: per system, how the prior's unchanged findings it did not report were missed
+    (:func:`finding_scores.missed_stable_findings`)."""
+    from .finding_scores import MISSED_STABLE_KINDS
+
+    lines = [
+        "| System | " + " | ".join(MISSED_STABLE_KINDS) + " |",
+        "|" + "---|" * (len(MISSED_STABLE_KINDS) + 1),
+    ]
+    for row in rows:
+        missed = row["metrics"].get("stable_missed", {})
+        total = sum(missed.values())
+        cells = [
+            f"{missed.get(kind, 0)} ({missed.get(kind, 0) / total:.0%})" if total else "0"
+            for kind in MISSED_STABLE_KINDS
+        ]
+        lines.append(f"| {row['system']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def stable_by_severity_table(rows: list[dict]) -> str:
+    """Markdown: per system and finding type, the stable findings reported per annotated
+    severity (reported/annotated), mildest first."""
+    from ..phantom.findings import FINDINGS
+
+    lines = ["| System | Finding | Reported, by severity |", "|---|---|---|"]
+    for row in rows:
+        for finding, sizes in row["metrics"].get("stable_by_severity", {}).items():
+            known = FINDINGS[finding].severity_words if finding in FINDINGS else ()
+            order = [s for s in known if s in sizes] + sorted(set(sizes) - set(known))
+            cells = [f"{s} {sizes[s]['reported']}/{sizes[s]['annotated']}" for s in order]
+            lines.append(f"| {row['system']} | {finding.replace('_', ' ')} | {', '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -741,6 +798,12 @@ def write_report(out: Path, result: dict, case_set: CaseSet, outputs: dict, exam
         "Stable findings reported, by finding type (which findings are read off the prior, "
         "and which are missed):\n\n"
         f"{stable_by_finding_table(rows)}\n\n"
+        "The same by the finding's annotated severity:\n\n"
+        f"{stable_by_severity_table(rows)}\n\n"
+        'How the unreported ones were missed: not mentioned at all, denied ("No '
+        'pneumothorax.") or misstated (that finding claimed at another place or with another '
+        "direction):\n\n"
+        f"{stable_missed_table(rows)}\n\n"
         "## Notes\n\n"
         f"{notes}\n"
     )

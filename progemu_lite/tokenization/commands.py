@@ -6,6 +6,7 @@ tokens."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -319,6 +320,7 @@ def run_vq_probe(args: argparse.Namespace) -> int:
         plot_probe,
         probe_pairs,
         probe_vq,
+        recall_by_grade,
     )
 
     # Cheap checks before the model loads.
@@ -346,8 +348,20 @@ def run_vq_probe(args: argparse.Namespace) -> int:
         score = report[key]
         print(
             f"reader of {label}: {score['stable_recall']:.1%} of {score['stable_annotated']} "
-            f"held-out stable findings seen (precision {score['precision']:.2f})"
+            f"held-out stable findings seen (precision {score['precision']:.2f}); by severity, "
+            + ", ".join(
+                f"{('mildest', 'middle', 'most severe')[g]} {seen}/{annotated}"
+                for g, (seen, annotated) in enumerate(recall_by_grade(score))
+            )
         )
+        if score["claimed"] == 0:
+            # Seen once: a reader stuck at "no finding anywhere" from early on (the loss of
+            # answering each finding's prevalence), while the same CNN on other inputs learnt.
+            print(
+                f"warning: the reader of {label} named no finding in any held-out prior: its "
+                "training collapsed and its row measures nothing; rerun with another --seed",
+                file=sys.stderr,
+            )
     ratio = report["recall_ratio"]
     print(
         "round trip / pixels: "

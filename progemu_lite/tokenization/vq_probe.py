@@ -66,19 +66,25 @@ PROBE_KEYS = _probe_keys()
 
 
 def prior_targets(annotation) -> tuple[np.ndarray, np.ndarray]:
-    """``(present, stable)`` boolean vectors over :data:`PROBE_KEYS` from one pair's expert
-    annotation: which findings the prior holds (every entry but a new one) and which of them
-    the annotation calls stable."""
+    """``(present, stable)`` vectors over :data:`PROBE_KEYS` from one pair's expert annotation:
+    which findings the prior holds (bool; every entry but a new one) and which of them the
+    annotation calls stable, as their severity grade (int8: 1 for the finding's mildest
+    severity word to 3 for its most severe; 0 where not stable), so a reading can be scored per
+    severity."""
     entries, problems = parse_annotation(annotation)
     if entries is None or problems:
         raise ValueError(f"unusable expert annotation: {problems[0]}")
     present = np.zeros(len(PROBE_KEYS), dtype=bool)
-    stable = np.zeros(len(PROBE_KEYS), dtype=bool)
+    stable = np.zeros(len(PROBE_KEYS), dtype=np.int8)
     for entry in entries:
-        side = None if len(FINDINGS[entry.finding].locations) == 1 else entry.laterality
+        spec = FINDINGS[entry.finding]
+        side = None if len(spec.locations) == 1 else entry.laterality
         key = PROBE_KEYS.index((entry.finding, side))
         present[key] |= entry.direction in _IN_PRIOR
-        stable[key] |= entry.direction == "stable"
+        if entry.direction == "stable":
+            words = spec.severity_words
+            severity = entry.severity_before or entry.severity_after
+            stable[key] = words.index(severity) + 1 if severity in words else 1
     return present, stable
 
 
@@ -90,7 +96,7 @@ class ProbeSet:
     present: np.ndarray  # bool (N, K): findings each prior holds
     train: np.ndarray  # bool (N,): the prior belongs to a training pair
     pair_image: np.ndarray  # int (P,): each held-out pair's prior (row of ``images``)
-    pair_stable: np.ndarray  # bool (P, K): each held-out pair's annotated stable findings
+    pair_stable: np.ndarray  # int8 (P, K): each held-out pair's stable findings' grades (0: none)
 
     @property
     def n_train(self) -> int:
@@ -287,24 +293,47 @@ def read_findings(reader, inputs: np.ndarray, batch_size: int = 256) -> np.ndarr
 def score_reading(seen: np.ndarray, probe: ProbeSet) -> dict:
     """How a reading (:func:`read_findings` on every prior of ``probe``) fares on the held-out
     pairs: ``stable_recall`` (share of annotated stable findings seen in the prior), per finding
-    type (sides pooled) as ``[seen, annotated]``, and ``precision`` (share of findings seen in a
-    held-out prior that it holds)."""
-    seen_by_pair = seen[probe.pair_image]
-    hits = seen_by_pair & probe.pair_stable
+    type (sides pooled) as ``[seen, annotated]``, the same per finding type and severity word
+    (``by_severity``), and ``precision`` (share of findings seen in a held-out prior that it
+    holds)."""
+    grades = np.asarray(probe.pair_stable, dtype=np.int8)
+    stable = grades > 0
+    hits = seen[probe.pair_image] & stable
     held_out = ~probe.train
     claimed = seen[held_out]
-    by_finding = {}
-    for name in FINDINGS:
+    by_finding, by_severity = {}, {}
+    for name, spec in FINDINGS.items():
         columns = [k for k, (finding, _) in enumerate(PROBE_KEYS) if finding == name]
-        by_finding[name] = [int(hits[:, columns].sum()), int(probe.pair_stable[:, columns].sum())]
-    annotated = int(probe.pair_stable.sum())
+        by_finding[name] = [int(hits[:, columns].sum()), int(stable[:, columns].sum())]
+        by_severity[name] = {
+            word: [
+                int((hits[:, columns] & (grades[:, columns] == grade)).sum()),
+                int((grades[:, columns] == grade).sum()),
+            ]
+            for grade, word in enumerate(spec.severity_words, start=1)
+        }
+    annotated = int(stable.sum())
     return {
         "stable_recall": float(hits.sum() / annotated) if annotated else float("nan"),
         "stable_seen": int(hits.sum()),
         "stable_annotated": annotated,
         "precision": float((claimed & probe.present[held_out]).sum() / max(1, claimed.sum())),
+        "claimed": int(claimed.sum()),  # 0: the reader answers "nothing" (training collapsed)
         "by_finding": by_finding,
+        "by_severity": by_severity,
     }
+
+
+def recall_by_grade(score: dict) -> list[tuple[int, int]]:
+    """``[(seen, annotated)]`` for grades 1 to 3 (each finding's mildest to most severe
+    severity word), pooled over finding types, from :func:`score_reading`'s ``by_severity``."""
+    totals = [[0, 0], [0, 0], [0, 0]]
+    for finding, words in score["by_severity"].items():
+        for grade, word in enumerate(FINDINGS[finding].severity_words):
+            seen, annotated = words.get(word, (0, 0))
+            totals[grade][0] += seen
+            totals[grade][1] += annotated
+    return [tuple(t) for t in totals]
 
 
 def round_trip(vqmodel, images: np.ndarray, *, batch_size: int = 256, progress: bool = True):
