@@ -152,6 +152,30 @@ def test_evaluate_command_on_the_baselines(dataset, classifier_dir, tmp_path, ca
     png = (out / "examples.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # cases.csv has one line per system and case, and `compare` pairs two runs over them
+    with open(out / "cases.csv", newline="") as f:
+        per_case = list(csv.DictReader(f))
+    assert len(per_case) == 40 * len(systems)
+    truth_lines = [r for r in per_case if r["system"] == "true-follow-up"]
+    assert sum(int(r["stable_annotated"]) for r in truth_lines) == stable_total
+    capsys.readouterr()
+    argv = ["compare", str(out), str(out), "--system-a", "copy-prior", "--n-boot", "200"]
+    assert main([*argv, "--system-b", "true-follow-up"]) == 0
+    printed = capsys.readouterr().out
+    assert "40 cases scored by both" in printed
+    line = next(x for x in printed.splitlines() if x.startswith("stable findings reported"))
+    low = float(line.split("[")[1].split(",")[0])
+    assert f"A 0.000, B {truth['stable_reported']['value']:.3f}" in line and low > 0.5
+    assert main([*argv, "--system-b", "copy-prior"]) == 0  # a run against itself: no difference
+    assert "B - A +0.000 [+0.000, +0.000]" in capsys.readouterr().out
+    # bad input: a folder without cases.csv, a system the report lacks, no model row to default to
+    assert main(["compare", str(tmp_path), str(out)]) == 2
+    assert "cases.csv not found" in capsys.readouterr().err
+    assert main([*argv, "--system-b", "model:nothing"]) == 2
+    assert "has no system 'model:nothing'" in capsys.readouterr().err
+    assert main(["compare", str(out), str(out)]) == 2
+    assert "name the system to compare" in capsys.readouterr().err
+
 
 class TextSystem:
     """A system that answers every case with a fixed text and the prior image."""

@@ -111,6 +111,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(handler=run_evaluate)
 
+    compare = subparsers.add_parser(
+        "compare",
+        help="compare two evaluation reports of the same cases, case by case",
+        description=(
+            "Compare two `progemu-lite evaluate` reports of the same cases (e.g. two "
+            "checkpoints): stable findings reported, prompted change stated and finding F1 of "
+            "each, and their difference with a paired bootstrap 95%% interval (the cases "
+            "resampled once for both runs), from each report's cases.csv."
+        ),
+    )
+    compare.add_argument("report_a", type=Path, help="report folder A (the baseline)")
+    compare.add_argument("report_b", type=Path, help="report folder B")
+    compare.add_argument("--system-a", help="system of A to compare (its only model row)")
+    compare.add_argument("--system-b", help="system of B to compare (its only model row)")
+    compare.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (2000)")
+    compare.add_argument("--seed", type=int, default=0, help="bootstrap seed (0)")
+    compare.set_defaults(handler=run_compare)
+
 
 def dataset_key(root: Path) -> str:
     """Identity of a dataset for the default classifier location: its path and manifest."""
@@ -196,6 +214,16 @@ def _parse_baselines(text: str) -> list[str]:
             f"unknown baseline(s) {', '.join(unknown)}; choose from {', '.join(BASELINES)}"
         )
     return list(dict.fromkeys(names))
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from .compare import comparison_text, paired_comparison, read_cases
+
+    name_a, cases_a = read_cases(args.report_a, args.system_a)
+    name_b, cases_b = read_cases(args.report_b, args.system_b)
+    result = paired_comparison(cases_a, cases_b, n_boot=args.n_boot, seed=args.seed)
+    print(comparison_text(name_a, name_b, result))
+    return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

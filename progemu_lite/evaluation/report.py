@@ -508,6 +508,19 @@ def score_system(
             kinds = missed_by_finding.setdefault(finding, dict.fromkeys(MISSED_STABLE_KINDS, 0))
             kinds[how] += 1
     results["stable_missed"] = missed
+    # One row per case (cases.csv): what a paired comparison of two runs on the same cases needs.
+    results["_per_case"] = [
+        {
+            "pair_id": case.pair_id,
+            "prompt_named": prompted_change_reported(score, case.progression),
+            "stable_reported": stable_findings_reported(score)[0],
+            "stable_annotated": stable_findings_reported(score)[1],
+            "finding_tp": score.tp,
+            "finding_fp": score.fp,
+            "finding_fn": score.fn,
+        }
+        for case, score in zip(cases, case_scores, strict=True)
+    ]
     results["stable_missed_by_finding"] = dict(sorted(missed_by_finding.items()))
     results["counts"] = {
         "n_cases": n,
@@ -623,6 +636,33 @@ def stable_by_finding_table(rows: list[dict]) -> str:
                 cells.append(f"{share:.0%} ({entry['reported']}/{entry['annotated']})")
         lines.append(f"| {row['system']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+CASES_FILE = "cases.csv"
+CASE_COLUMNS = (
+    "pair_id",
+    "prompt_named",
+    "stable_reported",
+    "stable_annotated",
+    "finding_tp",
+    "finding_fp",
+    "finding_fn",
+)
+
+
+def cases_csv_text(rows: list[dict]) -> str:
+    """``cases.csv``: one line per system and case (``prompt_named`` 1, 0, or empty where it
+    cannot be judged), for per-case analyses and ``progemu-lite compare``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("system", *CASE_COLUMNS))
+    for row in rows:
+        for case in row["metrics"].get("_per_case", []):
+            named = case["prompt_named"]
+            cells = [case[c] for c in CASE_COLUMNS]
+            cells[1] = "" if named is None else int(named)
+            writer.writerow((row["system"], *cells))
+    return buffer.getvalue()
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -774,13 +814,15 @@ def pick_examples(case_set: CaseSet, count: int, seed: int = 0) -> list[int]:
 
 
 def write_report(out: Path, result: dict, case_set: CaseSet, outputs: dict, examples: int) -> dict:
-    """Write ``report.md``, ``report.csv``, ``report.json`` and ``examples.png`` into ``out``."""
+    """Write ``report.md``, ``report.csv``, ``report.json``, ``cases.csv`` and ``examples.png``
+    into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     rows = result["rows"]
     paths = {
         "markdown": out / "report.md",
         "csv": out / "report.csv",
         "json": out / "report.json",
+        "cases": out / CASES_FILE,
         "png": out / "examples.png",
     }
     notes = "\n".join(f"- {note}" for note in result["notes"])
@@ -810,6 +852,7 @@ def write_report(out: Path, result: dict, case_set: CaseSet, outputs: dict, exam
     atomic_write_text(paths["markdown"], md)
     atomic_write_text(paths["csv"], csv_text(rows))
     atomic_write_text(paths["json"], json.dumps(_json_safe(result), indent=2) + "\n")
+    atomic_write_text(paths["cases"], cases_csv_text(rows))
     picks = pick_examples(case_set, min(examples, len(case_set.cases)))
     if picks:
         example_figure(paths["png"], case_set, rows, outputs, picks)
