@@ -509,18 +509,20 @@ def score_system(
             kinds[how] += 1
     results["stable_missed"] = missed
     # One row per case (cases.csv): what a paired comparison of two runs on the same cases needs.
-    results["_per_case"] = [
-        {
-            "pair_id": case.pair_id,
-            "prompt_named": prompted_change_reported(score, case.progression),
-            "stable_reported": stable_findings_reported(score)[0],
-            "stable_annotated": stable_findings_reported(score)[1],
-            "finding_tp": score.tp,
-            "finding_fp": score.fp,
-            "finding_fn": score.fn,
-        }
-        for case, score in zip(cases, case_scores, strict=True)
-    ]
+    results["_per_case"] = []
+    for case, score in zip(cases, case_scores, strict=True):
+        reported, annotated = stable_findings_reported(score)
+        results["_per_case"].append(
+            {
+                "pair_id": case.pair_id,
+                "prompt_named": prompted_change_reported(score, case.progression),
+                "stable_reported": reported,
+                "stable_annotated": annotated,
+                "finding_tp": score.tp,
+                "finding_fp": score.fp,
+                "finding_fn": score.fn,
+            }
+        )
     results["stable_missed_by_finding"] = dict(sorted(missed_by_finding.items()))
     results["counts"] = {
         "n_cases": n,
