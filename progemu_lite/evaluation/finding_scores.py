@@ -71,6 +71,12 @@ class AnnotatedChange:
     def laterality(self) -> str | None:
         return laterality(self.location)
 
+    @property
+    def severity(self) -> str | None:
+        """The severity word that grades the entry: the prior's, else the follow-up's (a new
+        finding has only the latter)."""
+        return self.severity_before or self.severity_after
+
 
 def parse_annotation(entries) -> tuple[list[AnnotatedChange] | None, list[str]]:
     """Valid entries of an annotation and one message per problem.
@@ -290,7 +296,7 @@ def stable_findings_by_severity(result: CaseScore) -> dict[tuple[str, str], tupl
     counts: dict[tuple[str, str], tuple[int, int]] = {}
     for a in result.annotation:
         if a.direction == "stable":
-            key = (a.finding, a.severity_before or a.severity_after or "unknown")
+            key = (a.finding, a.severity or "unknown")
             reported, annotated = counts.get(key, (0, 0))
             counts[key] = (reported + (id(a) in matched), annotated + 1)
     return counts

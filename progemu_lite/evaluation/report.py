@@ -455,14 +455,10 @@ def score_system(
     }
     # The two quality checks of the model issue: the prompted change stated, the prior's
     # unchanged findings reported (an echo of the prompt gets 0 on the second).
-    named = np.array(
-        [
-            prompted_change_reported(r, c.progression)
-            for r, c in zip(case_scores, cases, strict=True)
-        ],
-        dtype=object,
-    )
-    named = np.array([float(v) for v in named if v is not None])
+    named_by_case = [
+        prompted_change_reported(r, c.progression) for r, c in zip(case_scores, cases, strict=True)
+    ]
+    named = np.array([float(v) for v in named_by_case if v is not None])
     results["prompt_named"] = {
         "value": _nanmean(named),
         "ci": bootstrap_ci(lambda idx: _nanmean(named[idx]), len(named), n_boot, seed),
@@ -508,14 +504,15 @@ def score_system(
             kinds = missed_by_finding.setdefault(finding, dict.fromkeys(MISSED_STABLE_KINDS, 0))
             kinds[how] += 1
     results["stable_missed"] = missed
+    results["stable_missed_by_finding"] = dict(sorted(missed_by_finding.items()))
     # One row per case (cases.csv): what a paired comparison of two runs on the same cases needs.
     results["_per_case"] = []
-    for case, score in zip(cases, case_scores, strict=True):
+    for case, score, named_one in zip(cases, case_scores, named_by_case, strict=True):
         reported, annotated = stable_findings_reported(score)
         results["_per_case"].append(
             {
                 "pair_id": case.pair_id,
-                "prompt_named": prompted_change_reported(score, case.progression),
+                "prompt_named": named_one,
                 "stable_reported": reported,
                 "stable_annotated": annotated,
                 "finding_tp": score.tp,
@@ -523,7 +520,6 @@ def score_system(
                 "finding_fn": score.fn,
             }
         )
-    results["stable_missed_by_finding"] = dict(sorted(missed_by_finding.items()))
     results["counts"] = {
         "n_cases": n,
         "alignment_cases": len(known),

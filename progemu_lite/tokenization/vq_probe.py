@@ -83,8 +83,7 @@ def prior_targets(annotation) -> tuple[np.ndarray, np.ndarray]:
         present[key] |= entry.direction in _IN_PRIOR
         if entry.direction == "stable":
             words = spec.severity_words
-            severity = entry.severity_before or entry.severity_after
-            stable[key] = words.index(severity) + 1 if severity in words else 1
+            stable[key] = words.index(entry.severity) + 1 if entry.severity in words else 1
     return present, stable
 
 
