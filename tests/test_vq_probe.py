@@ -143,7 +143,7 @@ def test_the_reader_learns_a_finding_it_can_see(source):
     reader = train_reader(
         inputs[:160],
         present[:160],
-        epochs=10,
+        epochs=20,
         source=source,
         codebook=codebook,
         seed=0,

@@ -4,9 +4,9 @@
 A fresh ``Emu3ForConditionalGeneration`` draws one independent random embedding per visual
 token, so the decoder must learn from data alone that code 17 and code 803 draw nearly the same
 8x8 patch. The ``vq-probe`` measurements (docs/model_card.md) say that this is hard: a small CNN
-reading the lite priors' codes through embeddings learnt from scratch found 55% of the stable
-findings, while the same CNN reading them through the codebook's own vectors found 74.5%, about
-as many as from the pixels (75.9%). This module gives each visual token's input and
+reading the lite priors' codes through embeddings learnt from scratch found 57% of the stable
+findings, while the same CNN reading them through the codebook's own vectors found 77%, nearly
+as many as from the pixels (79%). This module gives each visual token's input and
 output embedding rows the codebook's geometry instead: its VQ vector, standardised per dimension,
 through a fixed random projection to the decoder's width, at the decoder's initialiser scale.
 Codes that look alike then start with embeddings alike; training moves every row freely from

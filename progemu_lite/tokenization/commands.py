@@ -149,6 +149,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--seed", type=int, default=0, help="seed of the finding patients (0)")
     report.set_defaults(handler=run_vq_report)
 
+    from progemu_lite.tokenization.vq_probe import READER_EPOCHS
+
     probe = subparsers.add_parser(
         "vq-probe",
         help="can a reader still tell a prior's findings from its VQ tokens?",
@@ -163,7 +165,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     probe.add_argument("--vq", type=Path, required=True, help="the VQ (or checkpoint) folder")
     probe.add_argument("--data", type=Path, required=True, help="ICG-CXR-style data folder")
     probe.add_argument("--out", type=Path, required=True, help="output folder")
-    probe.add_argument("--epochs", type=int, default=8, help="reader training epochs (8)")
+    probe.add_argument(
+        "--epochs",
+        type=int,
+        default=READER_EPOCHS,
+        help=f"reader training epochs ({READER_EPOCHS})",
+    )
     probe.add_argument(
         "--max-train-images",
         type=int,

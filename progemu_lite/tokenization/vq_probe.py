@@ -182,6 +182,10 @@ def load_probe_set(
 
 # What each reader looks at: the images' pixels, or the VQ codes through one of two embeddings.
 READER_INPUTS = ("image", "codes", "codebook")
+# Training passes over the training priors (with train_reader's one-cycle schedule): at 24
+# the pixel reader's training loss is near 0 and it sees 79% of the 12,000-patient set's stable
+# findings (docs/model_card.md, "What the tokenizer lets a reader see").
+READER_EPOCHS = 24
 
 
 def _reader(n_outputs: int, source: str = "image", codebook=None):
@@ -250,8 +254,10 @@ def train_reader(
 ):
     """A :func:`_reader` of ``source`` trained to predict ``present`` (N, K) from ``inputs``
     (uint8 images or int VQ codes) with binary cross-entropy, AdamW, ``epochs`` passes in an
-    order fixed by ``seed``. ``codebook``: the VQ's ``(codebook_size, dim)`` vectors (code
-    readers)."""
+    order fixed by ``seed``, and a one-cycle learning rate (a tenth of the steps warming up to
+    ``lr``, then a cosine decay to nearly 0): at a constant rate for 8 epochs the same reader's
+    score moved by tens of points between runs, down to naming no finding at all.
+    ``codebook``: the VQ's ``(codebook_size, dim)`` vectors (code readers)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -261,6 +267,7 @@ def train_reader(
     x, y = torch.from_numpy(inputs), torch.from_numpy(present.astype(np.float32))
     generator = torch.Generator().manual_seed(seed)
     steps = epochs * -(-len(x) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
     reader.train()
     with tqdm(total=steps, desc=desc, unit="step", disable=not progress) as bar:
         for _ in range(epochs):
@@ -272,6 +279,7 @@ def train_reader(
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+                schedule.step()
                 bar.update()
                 bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     return reader.eval()
@@ -356,7 +364,9 @@ def round_trip(vqmodel, images: np.ndarray, *, batch_size: int = 256, progress: 
     return np.concatenate(codes), np.concatenate(recons)
 
 
-def probe_vq(vqmodel, probe: ProbeSet, *, epochs: int = 8, seed: int = 0, progress: bool = True):
+def probe_vq(
+    vqmodel, probe: ProbeSet, *, epochs: int = READER_EPOCHS, seed: int = 0, progress: bool = True
+):
     """Train and score four readers with the same seed and order (:data:`READERS`): of the
     original priors, of their VQ round trips, and of their codes through a learnt embedding
     and through the codebook; returns the report (each score, and round trip / pixels recall)."""
