@@ -10,12 +10,14 @@ from PIL import Image
 
 from progemu_lite.cli import main
 from progemu_lite.phantom.dataset import PhantomConfig, generate, patient_split
+from progemu_lite.phantom.findings import FINDINGS
 from progemu_lite.tokenization.vq import build_vq, save_vq
 from progemu_lite.tokenization.vq_probe import (
     PROBE_FIGURE,
     PROBE_FILE,
     PROBE_KEYS,
     ProbeSet,
+    finding_auroc,
     load_probe_set,
     prior_targets,
     probe_pairs,
@@ -117,6 +119,26 @@ def test_score_reading_counts_each_pairs_stable_findings():
     assert score_reading(np.zeros_like(seen), probe)["claimed"] == 0  # a collapsed reader
 
 
+def test_finding_auroc_is_threshold_free_and_held_out_only():
+    k = len(PROBE_KEYS)
+    present = np.zeros((5, k), bool)
+    present[[1, 2], key("cardiomegaly")] = True
+    present[[3], key("nodule", "left")] = True
+    present[0, key("pneumothorax", "left")] = True  # a training prior only: no held-out class
+    train = np.array([True, False, False, False, False])
+    probe = ProbeSet(np.zeros((5, 8, 8), np.uint8), present, train, np.array([1]), None)
+    logits = np.zeros((5, k), np.float32)
+    # Cardiomegaly ranked above every prior without it, though never above the 0.5 threshold.
+    logits[:, key("cardiomegaly")] = [9.0, -1.0, -2.0, -5.0, -6.0]
+    logits[:, key("nodule", "left")] = [0.0, 3.0, 2.0, -4.0, 1.0]  # ranked below all others
+    logits[:, key("nodule", "right")] = [0.0, 1.0, 2.0, 3.0, 4.0]  # no held-out right nodule
+    result = finding_auroc(logits, probe)
+    assert set(result) == set(FINDINGS)
+    assert result["cardiomegaly"] == pytest.approx(1.0)
+    assert result["nodule"] == pytest.approx(0.0)  # the left side only: the right has one class
+    assert result["pneumothorax"] is None
+
+
 def _visible_finding(source: str, n: int = 192):
     """Inputs where a nodule shows on one side: a bright square in a noisy image, or one
     particular code in a grid of others; and the findings each input holds."""
@@ -186,6 +208,8 @@ def test_vq_probe_command(data, tiny_vq, tmp_path, capsys):
         for finding, (seen, annotated) in score["by_finding"].items():
             sizes = score["by_severity"][finding].values()
             assert [sum(s for s, _ in sizes), sum(a for _, a in sizes)] == [seen, annotated]
+        assert set(score["auroc"]) == set(FINDINGS)
+        assert all(v is None or 0 <= v <= 1 for v in score["auroc"].values())
     pixels = report["pixels"]["stable_recall"]
     if pixels:  # a reader trained on 3 priors for 1 epoch may see nothing
         ratio = report["round_trip"]["stable_recall"] / pixels
@@ -202,6 +226,7 @@ def test_vq_probe_command(data, tiny_vq, tmp_path, capsys):
     collapsed = [name for name in readers if report[name]["claimed"] == 0]
     assert captured.err.count("training collapsed") == len(collapsed)
     assert printed.count("by severity, mildest ") == 4
+    assert printed.count("AUROC per finding") == 4
 
 
 def test_vq_probe_bad_input_is_one_line_and_writes_nothing(data, tiny_vq, tmp_path, capsys):

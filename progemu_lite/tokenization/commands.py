@@ -318,6 +318,7 @@ def run_vq_report(args: argparse.Namespace) -> int:
 
 def run_vq_probe(args: argparse.Namespace) -> int:
     from progemu_lite.files import atomic_write_json
+    from progemu_lite.phantom.findings import FINDINGS
     from progemu_lite.tokenization.vq import IMAGE_SIZES
     from progemu_lite.tokenization.vq_probe import (
         PROBE_FIGURE,
@@ -359,6 +360,13 @@ def run_vq_probe(args: argparse.Namespace) -> int:
             + ", ".join(
                 f"{('mildest', 'middle', 'most severe')[g]} {seen}/{annotated}"
                 for g, (seen, annotated) in enumerate(recall_by_grade(score))
+            )
+        )
+        print(
+            "  AUROC per finding (held-out priors holding it or not; 0.5 = chance): "
+            + ", ".join(
+                f"{FINDINGS[name].text} " + ("n/a" if value is None else f"{value:.3f}")
+                for name, value in score["auroc"].items()
             )
         )
         if score["claimed"] == 0:

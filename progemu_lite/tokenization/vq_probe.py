@@ -285,8 +285,8 @@ def train_reader(
     return reader.eval()
 
 
-def read_findings(reader, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """bool (N, K): the findings ``reader`` sees in each input (probability above one half)."""
+def reader_logits(reader, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """float (N, K): the reader's logit for each finding key in each input."""
     import torch
 
     with torch.inference_mode():
@@ -294,7 +294,32 @@ def read_findings(reader, inputs: np.ndarray, batch_size: int = 256) -> np.ndarr
             reader(torch.from_numpy(inputs[start : start + batch_size]))
             for start in range(0, len(inputs), batch_size)
         ]
-    return (torch.cat(logits) > 0).numpy()
+    return torch.cat(logits).float().numpy()
+
+
+def read_findings(reader, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """bool (N, K): the findings ``reader`` sees in each input (probability above one half)."""
+    return reader_logits(reader, inputs, batch_size) > 0
+
+
+def finding_auroc(logits: np.ndarray, probe: ProbeSet) -> dict:
+    """How well a reader's logits (:func:`reader_logits` on every prior of ``probe``) tell the
+    held-out priors that hold each finding from those that do not, whatever the threshold: the
+    AUROC per finding type (the mean over its sides; None where the held-out priors lack one of
+    the two classes). 0.5 is chance: the reader cannot see that finding at all."""
+    from progemu_lite.evaluation.classifier import auroc
+
+    held_out = ~probe.train
+    per_key = [
+        auroc(logits[held_out, k], probe.present[held_out, k].astype(int))
+        for k in range(len(PROBE_KEYS))
+    ]
+    result = {}
+    for name in FINDINGS:
+        values = [v for (finding, _), v in zip(PROBE_KEYS, per_key, strict=True) if finding == name]
+        values = [v for v in values if not np.isnan(v)]
+        result[name] = float(np.mean(values)) if values else None
+    return result
 
 
 def score_reading(seen: np.ndarray, probe: ProbeSet) -> dict:
@@ -388,7 +413,9 @@ def probe_vq(
             progress=progress,
             desc=f"reader of {label}",
         )
-        report[key] = score_reading(read_findings(reader, inputs[key]), probe)
+        logits = reader_logits(reader, inputs[key])
+        report[key] = score_reading(logits > 0, probe)
+        report[key]["auroc"] = finding_auroc(logits, probe)
     pixels = report["pixels"]["stable_recall"]
     report["recall_ratio"] = report["round_trip"]["stable_recall"] / pixels if pixels else None
     return report
