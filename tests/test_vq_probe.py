@@ -126,9 +126,11 @@ def test_finding_auroc_is_threshold_free_and_held_out_only():
     present[[3], key("nodule", "left")] = True
     present[0, key("pneumothorax", "left")] = True  # a training prior only: no held-out class
     train = np.array([True, False, False, False, False])
-    probe = ProbeSet(np.zeros((5, 8, 8), np.uint8), present, train, np.array([1]), None)
+    pair_stable = np.zeros((1, k), np.int8)
+    probe = ProbeSet(np.zeros((5, 8, 8), np.uint8), present, train, np.array([1]), pair_stable)
     logits = np.zeros((5, k), np.float32)
-    # Cardiomegaly ranked above every prior without it, though never above the 0.5 threshold.
+    # The held-out cardiomegalies rank above every held-out prior without one, though never
+    # above the 0.5 threshold; the training prior's 9.0 would outrank them, but is not scored.
     logits[:, key("cardiomegaly")] = [9.0, -1.0, -2.0, -5.0, -6.0]
     logits[:, key("nodule", "left")] = [0.0, 3.0, 2.0, -4.0, 1.0]  # ranked below all others
     logits[:, key("nodule", "right")] = [0.0, 1.0, 2.0, 3.0, 4.0]  # no held-out right nodule
