@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 
-from progemu_lite.evaluation.finding_scores import parse_annotation
 from progemu_lite.phantom.findings import FINDINGS, laterality
 
 PROBE_FILE = "probe.json"
@@ -71,6 +70,8 @@ def prior_targets(annotation) -> tuple[np.ndarray, np.ndarray]:
     annotation calls stable, as their severity grade (int8: 1 for the finding's mildest
     severity word to 3 for its most severe; 0 where not stable), so a reading can be scored per
     severity."""
+    from progemu_lite.evaluation.finding_scores import parse_annotation
+
     entries, problems = parse_annotation(annotation)
     if entries is None or problems:
         raise ValueError(f"unusable expert annotation: {problems[0]}")
