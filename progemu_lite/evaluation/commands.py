@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "Score the model (when --checkpoint resolves to weights) and the baselines on the "
             "same cases: Fréchet distance in classifier features, progression-alignment AUROC "
             "and F1, BLEU-3, METEOR, ROUGE-L, finding F1, hallucination rate, SSIM/PSNR/MAE, "
-            "with bootstrap 95%% confidence intervals. Generations are cached per checkpoint "
+            "with bootstrap 95% confidence intervals. Generations are cached per checkpoint "
             "and seed."
         ),
     )
@@ -117,7 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Compare two `progemu-lite evaluate` reports of the same cases (e.g. two "
             "checkpoints): stable findings reported, prompted change stated and finding F1 of "
-            "each, and their difference with a paired bootstrap 95%% interval (the cases "
+            "each, and their difference with a paired bootstrap 95% interval (the cases "
             "resampled once for both runs), from each report's cases.csv."
         ),
     )
