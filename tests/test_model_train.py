@@ -233,6 +233,41 @@ def test_code_cache_reused_then_invalidated(tmp_path, tiny_vq):
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "cache").iterdir())
 
 
+def test_code_cache_encoding_resumes_after_a_stop(tmp_path, tiny_vq):
+    """A run stopped during the encoding keeps its whole segments and encodes only the rest."""
+    from PIL import UnidentifiedImageError
+
+    root = write_dataset(tmp_path / "data", 5)
+    records = sorted(load_splits(root)[0] + load_splits(root)[1], key=lambda r: r.pair_id)
+    vq = load_vq(tiny_vq, "tiny")
+    cache = tmp_path / "cache"
+    # Pair 3's prior is unreadable but keeps its size and time, as if the run were stopped there.
+    broken = records[3].prior_path
+    original, stat = broken.read_bytes(), broken.stat()
+    broken.write_bytes(b"\0" * len(original))
+    os.utime(broken, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(UnidentifiedImageError):
+        encode_pair_cache(root, records, vq, 64, cache, segment_pairs=2)
+    (parts,) = cache.glob("codes-*.parts")
+    assert sorted(p.name for p in parts.iterdir()) == ["pairs-00000000-00000002.npy"]
+    assert not list(cache.glob("codes-*.npy"))
+
+    # Mark the saved segment so that reading it back (not encoding again) shows in the result.
+    saved = np.load(parts / "pairs-00000000-00000002.npy")
+    np.save(parts / "pairs-00000000-00000002.npy", saved + 1)
+    broken.write_bytes(original)
+    os.utime(broken, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    codes, path, reused = encode_pair_cache(root, records, vq, 64, cache, segment_pairs=2)
+    fresh, _, _ = encode_pair_cache(root, records, vq, 64, tmp_path / "fresh", segment_pairs=2)
+    assert not reused and codes.shape == (5, 2, 8, 8)
+    assert np.array_equal(codes[:2], fresh[:2] + 1)
+    assert np.array_equal(codes[2:], fresh[2:])
+    assert np.array_equal(saved, fresh[:2])
+    assert not parts.exists() and sorted(p.name for p in cache.iterdir()) == sorted(
+        [path.name, path.with_suffix(".json").name]
+    )
+
+
 def test_augmentations_follow_official_probabilities(tmp_path):
     from progemu_lite.model.train import PairCodes
     from progemu_lite.tokenization.sequence import SequenceBuilder

@@ -214,6 +214,7 @@ def encode_pair_cache(
     cache_dir: Path,
     *,
     batch_size: int = 16,
+    segment_pairs: int = 2048,
     progress: bool = True,
 ) -> tuple[np.ndarray, Path, bool]:
     """Codes of every pair's prior and follow-up: int array (N, 2, h, w), in ``records`` order.
@@ -221,6 +222,11 @@ def encode_pair_cache(
     Encodes once with the frozen VQ and stores ``codes-<key>.npy`` + ``codes-<key>.json`` in
     ``cache_dir``; a later call with the same files and VQ reads them back. Returns
     ``(codes, path, reused)``.
+
+    The encoding is saved as it goes, ``segment_pairs`` pairs per file in
+    ``codes-<key>.parts/``, so a run stopped part-way (Ctrl-C, a session that ends) resumes
+    from its last whole segment instead of the first pair: 72,000 lite pairs take some 20
+    minutes on 2 cores. The segments are removed once the whole cache is written.
     """
     import torch
     from tqdm.auto import tqdm
@@ -232,29 +238,50 @@ def encode_pair_cache(
     key = cache_key(root, records, weights_fingerprint(vqmodel), image_size)
     codes_path = cache_dir / f"codes-{key}.npy"
     index_path = cache_dir / f"codes-{key}.json"
+    parts_dir = cache_dir / f"codes-{key}.parts"
     pair_keys = [_pair_key(root, r) for r in records]
     if codes_path.exists() and index_path.exists():
         index = json.loads(index_path.read_text())
         if index.get("pairs") == pair_keys:
             return np.load(codes_path), codes_path, True
 
+    # The key covers every pair's files, so a segment named by its pair range under this key
+    # holds exactly those pairs' codes; one left by another segment size is simply not used.
+    segments = [
+        (start, min(start + segment_pairs, len(records)))
+        for start in range(0, len(records), segment_pairs)
+    ]
     vqmodel.eval()  # never batch statistics: they would change the codes
     chunks = []
-    with torch.no_grad():
-        for start in tqdm(
-            range(0, len(records), batch_size),
+    with (
+        torch.no_grad(),
+        tqdm(
+            total=len(records),
             desc="encoding images (once)",
-            unit="batch",
+            unit="pair",
             disable=not progress,
-        ):
-            images = []
-            for record in records[start : start + batch_size]:
-                prior, followup = load_pair_images(record)
-                where = _pair_key(root, record)
-                images.append(_fit_image(prior, image_size, f"{where} prior"))
-                images.append(_fit_image(followup, image_size, f"{where} follow-up"))
-            codes = encode_images(vqmodel, np.stack(images))
-            chunks.append(codes.reshape(-1, 2, *codes.shape[1:]))
+        ) as bar,
+    ):
+        for start, stop in segments:
+            part_path = parts_dir / f"pairs-{start:08d}-{stop:08d}.npy"
+            if part_path.exists():
+                chunks.append(np.load(part_path))
+                bar.update(stop - start)
+                continue
+            segment = []
+            for first in range(start, stop, batch_size):
+                images = []
+                for record in records[first : min(first + batch_size, stop)]:
+                    prior, followup = load_pair_images(record)
+                    where = _pair_key(root, record)
+                    images.append(_fit_image(prior, image_size, f"{where} prior"))
+                    images.append(_fit_image(followup, image_size, f"{where} follow-up"))
+                codes = encode_images(vqmodel, np.stack(images))
+                segment.append(codes.reshape(-1, 2, *codes.shape[1:]))
+                bar.update(len(images) // 2)
+            segment = np.concatenate(segment).astype(np.int32)
+            atomic_write(part_path, lambda p, a=segment: np.save(p, a), suffix=".npy")
+            chunks.append(segment)
     codes = np.concatenate(chunks)
     # int16 holds every code of a 32,768-entry codebook (the full VQ): half the disk and memory.
     codes = codes.astype(np.int16 if codes.max() < 2**15 else np.int32)
@@ -263,6 +290,7 @@ def encode_pair_cache(
     atomic_write(codes_path, lambda p: np.save(p, codes), suffix=".npy")
     index = {"version": CACHE_FORMAT_VERSION, "image_size": image_size, "pairs": pair_keys}
     atomic_write_json(index_path, index)
+    shutil.rmtree(parts_dir, ignore_errors=True)
     return codes, codes_path, False
 
 
