@@ -49,20 +49,18 @@ clean:
 	rm -rf $(VENV) outputs book/_build book/generated
 
 # The shipped `lite` model from scratch on simulated data (docs/model_card.md records the run):
-# about 9 hours on 2 idle CPU cores. Every stage resumes where it stopped when rerun. The
-# decoder stops at step 3000 of its 8-epoch schedule (validation loss rose after it: 2,000
-# patients get memorised), a short fine-tune weights the interpretation's tokens 5x, then a
-# long one on 6,000 patients (the first 2,000 are the same ones: each patient has its own
-# random stream) weights them 10x, and a fourth goes on with 12,000 patients (more steps on
-# the same 6,000 made it worse), stopping at step 10000 of a 12000-step schedule; a fifth,
-# from the fourth's float16 export, goes on with 24,000 patients for a short 3000-step schedule;
-# a sixth and a seventh add 3500 and 4500 steps on the same patients (each from the previous
-# float16 export, reusing the fifth's image codes; the seventh in bf16, 1.3x faster on a CPU
-# with AVX512-BF16 or AMX).
-# VISUAL_TOKEN_INIT=codebook starts the decoder's visual-token embeddings from the VQ codebook
-# (docs/training.md, "What the decoder can read"); the shipped weights were trained with random.
+# about 8 hours on 2 idle CPU cores. Every stage resumes where it stopped when rerun. The
+# decoder's visual-token embeddings start from the VQ codebook; it stops at step 3000 of its
+# 8-epoch schedule (validation loss rose after it: 2,000 patients get memorised), a short
+# fine-tune weights the interpretation's tokens 5x, then a long one on 6,000 patients (the
+# first 2,000 are the same ones: each patient has its own random stream) weights them 10x, a
+# fourth goes on with 12,000 patients (more steps on the same 6,000 made it worse), stopping at
+# step 10000 of a 12000-step schedule, and a fifth, from the fourth's float16 export, goes on
+# with 24,000 patients for a short 3000-step schedule.
+# VISUAL_TOKEN_INIT=random gives the independent random embeddings of the weights shipped before
+# (docs/training.md, "What the decoder can read").
 LITE_RUNS ?= runs
-VISUAL_TOKEN_INIT ?= random
+VISUAL_TOKEN_INIT ?= codebook
 train-lite: $(STAMP)
 	$(BIN)/progemu-lite phantom --patients 2000 --pairs-per-patient 3 --size 128 --seed 0 \
 		--out $(LITE_RUNS)/lite-data
@@ -101,20 +99,4 @@ train-lite: $(STAMP)
 		--steps 3000 --batch-size 8 --lr 2e-4 --warmup-steps 100 --interpretation-loss-weight 10 \
 		--eval-every 500 --max-val-pairs 96 --save-every 500 --out $(LITE_RUNS)/lm-lite-24k \
 		$(if $(wildcard $(LITE_RUNS)/lm-lite-24k/checkpoints),--resume)
-	$(BIN)/progemu-lite export $(LITE_RUNS)/lm-lite-24k/pipeline $(LITE_RUNS)/lite-stage5-float16
-	mkdir -p $(LITE_RUNS)/lm-lite-24k-6 && [ -d $(LITE_RUNS)/lm-lite-24k-6/cache ] \
-		|| cp -r $(LITE_RUNS)/lm-lite-24k/cache $(LITE_RUNS)/lm-lite-24k-6/
-	$(BIN)/progemu-lite train --data $(LITE_RUNS)/lite-data-24k \
-		--init $(LITE_RUNS)/lite-stage5-float16 \
-		--steps 3500 --batch-size 8 --lr 1e-4 --warmup-steps 100 --interpretation-loss-weight 10 \
-		--seed 1 --eval-every 500 --max-val-pairs 96 --save-every 500 \
-		--out $(LITE_RUNS)/lm-lite-24k-6 $(if $(wildcard $(LITE_RUNS)/lm-lite-24k-6/checkpoints),--resume)
-	$(BIN)/progemu-lite export $(LITE_RUNS)/lm-lite-24k-6/pipeline $(LITE_RUNS)/lite-stage6-float16
-	mkdir -p $(LITE_RUNS)/lm-lite-24k-7 && [ -d $(LITE_RUNS)/lm-lite-24k-7/cache ] \
-		|| cp -r $(LITE_RUNS)/lm-lite-24k/cache $(LITE_RUNS)/lm-lite-24k-7/
-	$(BIN)/progemu-lite train --data $(LITE_RUNS)/lite-data-24k \
-		--init $(LITE_RUNS)/lite-stage6-float16 \
-		--steps 4500 --batch-size 8 --lr 1.5e-4 --warmup-steps 100 --interpretation-loss-weight 10 \
-		--seed 3 --mixed-precision bf16 --eval-every 500 --max-val-pairs 96 --save-every 500 \
-		--out $(LITE_RUNS)/lm-lite-24k-7 $(if $(wildcard $(LITE_RUNS)/lm-lite-24k-7/checkpoints),--resume)
-	$(BIN)/progemu-lite export $(LITE_RUNS)/lm-lite-24k-7/pipeline $(LITE_RUNS)/lite-float16
+	$(BIN)/progemu-lite export $(LITE_RUNS)/lm-lite-24k/pipeline $(LITE_RUNS)/lite-float16

@@ -13,8 +13,10 @@ from progemu_lite.evaluation.classifier import AlignmentClassifier
 from progemu_lite.evaluation.commands import train_from_dataset
 from progemu_lite.evaluation.report import (
     COLUMNS,
+    EXAMPLE_TITLE_WIDTH,
     bleu_stats,
     bootstrap_ci,
+    column_title,
     corpus_bleu_from_stats,
     evaluate,
     load_cases,
@@ -28,6 +30,15 @@ def test_bootstrap_ci_contains_the_point_estimate():
     assert lo < values.mean() < hi
     assert hi - lo < 0.5  # about 4 standard errors of 1/sqrt(200)
     assert bootstrap_ci(lambda idx: 1.0, 0, 10) != bootstrap_ci(lambda idx: 1.0, 0, 10)  # NaNs
+
+
+def test_example_figure_titles_fit_their_column():
+    """A checkpoint path as a system name is wrapped, not drawn across the next columns."""
+    name = "model:/home/student/runs/lite-stage5-float16 (text_temperature=0.0)"
+    title = column_title(name)
+    assert all(len(line) <= EXAMPLE_TITLE_WIDTH for line in title.splitlines())
+    assert title.replace("\n", "").replace(" ", "") == name.replace(" ", "")
+    assert column_title("copy-prior") == "copy-prior"
 
 
 def test_bleu_from_counts_matches_pycocoevalcap():

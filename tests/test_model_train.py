@@ -463,6 +463,10 @@ def test_init_from_a_trained_pipeline_continues_learning(trained_run, dataset, t
     # Starts where the trained model was, far below a fresh model's first loss.
     assert result.train_losses[0] < 0.8 * trained_run.train_losses[0]
     assert abs(result.train_losses[0] - trained_run.train_losses[-1]) < 0.5
+    # progemu.json names the pipeline it started from; how the embeddings began is that
+    # pipeline's record, not this run's --visual-token-init default.
+    facts = json.loads((result.pipeline_dir / "progemu.json").read_text())["training"]
+    assert facts["init"] == str(trained_run.pipeline_dir) and facts["visual_token_init"] is None
     with pytest.raises(ValueError, match="is preset 'tiny', expected 'lite'"):
         train(_config(dataset, None, tmp_path / "x", init=trained_run.pipeline_dir, preset="lite"))
     with pytest.raises(ValueError, match="--visual-token-init starts a fresh decoder"):
@@ -518,6 +522,8 @@ def test_visual_token_init_from_the_codebook(dataset, tiny_vq, tmp_path):
     assert float((residual**2).sum() / ((rows - rows.mean(0)) ** 2).sum()) < 1e-4
     state = json.loads(next(out.glob("checkpoints/*/trainer_state.json")).read_text())
     assert state["run"]["visual_token_init"] == "codebook"
+    assert pipe.metadata["training"]["visual_token_init"] == "codebook"
+    assert "init" not in pipe.metadata["training"]
     with pytest.raises(ValueError, match="--visual-token-init must be one of random, codebook"):
         train(_config(dataset, tiny_vq, tmp_path / "x", visual_token_init="pixels"))
 

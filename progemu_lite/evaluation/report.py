@@ -94,6 +94,9 @@ MARKS = {
     "omitted": ("#E69F00", "?"),  # orange
     "plain": ("#000000", " "),
 }
+# Characters of a column title in the example figure: about what fits over a 2.6-inch image at
+# 9 points.
+EXAMPLE_TITLE_WIDTH = 30
 
 
 # ----------------------------------------------------------------------------------------------
@@ -710,6 +713,12 @@ def _marked_lines(text: str, case_score, width: int) -> list[tuple[str, str]]:
     return out
 
 
+def column_title(system: str, width: int = EXAMPLE_TITLE_WIDTH) -> str:
+    """A system's name wrapped to its image's width (a checkpoint path would run into the
+    neighbouring columns' titles)."""
+    return textwrap.fill(system, width, break_long_words=True, break_on_hyphens=False)
+
+
 def example_figure(path: Path, case_set: CaseSet, rows: list[dict], outputs: dict, picks) -> None:
     """PNG: per example case the prior, the true follow-up and every system's image, each with
     its interpretation marked (+ correct, ! hallucinated, ? omitted; Okabe-Ito colours)."""
@@ -720,12 +729,14 @@ def example_figure(path: Path, case_set: CaseSet, rows: list[dict], outputs: dic
     from matplotlib.patches import Patch
 
     columns = ["prior", "true follow-up"] + [r["system"] for r in rows]
+    titles = [column_title(column) for column in columns]
     n_rows, n_cols = len(picks), len(columns)
     height = 5.2 * n_rows
     fig = plt.figure(figsize=(2.6 * n_cols, height))
-    # the first row's titles need about 0.35 in; matplotlib's default top margin (12% of the
-    # figure) left a band of white inches between the legend and a tall figure's images
-    top = 1.0 - 0.35 / height
+    # the first row's titles need about 0.35 in a line; matplotlib's default top margin (12% of
+    # the figure) left a band of white inches between the legend and a tall figure's images
+    title_lines = max(title.count("\n") + 1 for title in titles)
+    top = 1.0 - (0.2 + 0.15 * title_lines) / height
     grid = fig.add_gridspec(
         2 * n_rows, n_cols, height_ratios=[1.0, 1.0] * n_rows, hspace=0.05, top=top
     )
@@ -749,7 +760,7 @@ def example_figure(path: Path, case_set: CaseSet, rows: list[dict], outputs: dic
             ax.imshow(image, cmap="gray", vmin=0, vmax=255)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(column if r == 0 else "", fontsize=9)
+            ax.set_title(titles[c] if r == 0 else "", fontsize=9)
             if c == 0:
                 ax.set_ylabel(case.pair_id, fontsize=8)
             text_ax = fig.add_subplot(grid[2 * r + 1, c])

@@ -973,12 +973,18 @@ def _save_checkpoint(
 
 def _training_metadata(config: TrainConfig, run: dict, state: dict) -> dict:
     """What progemu.json records about how the weights were trained."""
+    lineage = {}
+    if config.init is not None:
+        # The embeddings came with the --init pipeline (its own progemu.json says how it began);
+        # `run` keeps the flag's default so that --resume of older runs still matches.
+        lineage = {"init": str(config.init), "visual_token_init": None}
     return {
         "weights": "trained",
         "training": {
             "data": str(Path(config.data).absolute()),
             "step": state["step"],
             **run,
+            **lineage,
             "train_loss": state["train_losses"][-1] if state["train_losses"] else None,
             "val_loss": state["val_losses"][-1][1] if state["val_losses"] else None,
         },
