@@ -733,8 +733,9 @@ def example_figure(path: Path, case_set: CaseSet, rows: list[dict], outputs: dic
     n_rows, n_cols = len(picks), len(columns)
     height = 5.2 * n_rows
     fig = plt.figure(figsize=(2.6 * n_cols, height))
-    # the first row's titles need about 0.35 in a line; matplotlib's default top margin (12% of
-    # the figure) left a band of white inches between the legend and a tall figure's images
+    # the first row's titles need about 0.2 in plus 0.15 in a line; matplotlib's default top
+    # margin (12% of the figure) left a band of white inches between the legend and a tall
+    # figure's images
     title_lines = max(title.count("\n") + 1 for title in titles)
     top = 1.0 - (0.2 + 0.15 * title_lines) / height
     grid = fig.add_gridspec(
