@@ -315,6 +315,9 @@ AUDIT_MIN_PER_LABEL = 2
 # When several errors apply, the label is the first of these that does (else "consistent").
 AUDIT_PRECEDENCE: tuple[str, ...] = ("hallucinated", "omitted", "wrong_severity")
 AUDIT_COMMAND = "python -m progemu_lite.exercises regenerate-audit"
+# The interpretation is written greedily unless asked otherwise: the model card measures the
+# model's text that way, so the audited texts are the ones its numbers describe.
+AUDIT_TEXT_TEMPERATURE = 0.0
 # The generation settings a case records: the keyword arguments of ProgEmuPipeline.__call__.
 SAMPLING_KEYS = (
     "temperature",
@@ -747,9 +750,11 @@ def regenerate_audit(
 ) -> Path:
     """Generate the pool with ``weights`` (default: the shipped lite model), choose the cases and
     write the audit folder (default: the package's :data:`AUDIT_DATA`). ``sampling``: keyword
-    arguments of ``pipeline.batch`` (defaults: the pipeline's)."""
+    arguments of ``pipeline.batch`` (defaults: the pipeline's, except the interpretation's
+    temperature, :data:`AUDIT_TEXT_TEMPERATURE`)."""
     from progemu_lite.model.pipeline import checkpoint_folder, load
 
+    sampling = {"text_temperature": AUDIT_TEXT_TEMPERATURE, **sampling}
     if pool < n:
         raise ValueError(f"--pool {pool} is smaller than the {n} cases to choose")
     folder = checkpoint_folder(weights, download=False, progress=progress)
@@ -785,7 +790,7 @@ def regenerate_audit(
             "stop_rule": f"chunks of 12 pairs until every label has {n // len(AUDIT_LABELS)}",
             **sampling,
         },
-        "command": AUDIT_COMMAND,
+        "command": audit_command(weights, pool=pool, seed=seed, **sampling),
         # Sampling reproduces token for token only with the same libraries and kind of CPU.
         "machine": {
             "progemu_lite": __version__,
@@ -798,6 +803,17 @@ def regenerate_audit(
     }
     index, files = audit_data(candidates, n=n, info=info)
     return write_audit_data(AUDIT_DATA if out is None else out, index, files)
+
+
+def audit_command(weights: str | os.PathLike, *, pool: int, seed: int, **sampling) -> str:
+    """The command line that regenerates a pool with these settings (recorded in cases.json)."""
+    import shlex
+
+    settings = {"weights": weights, "pool": pool, "seed": seed, **sampling}
+    flags = [
+        f"--{name.replace('_', '-')} {shlex.quote(str(value))}" for name, value in settings.items()
+    ]
+    return " ".join([AUDIT_COMMAND, *flags])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -825,7 +841,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     regen.add_argument("--seed", type=int, default=AUDIT_SEED, help="seed of the first pair")
     regen.add_argument("--temperature", type=float, help="default: the pipeline's (1.0)")
     regen.add_argument(
-        "--text-temperature", type=float, help="the interpretation's (default: --temperature)"
+        "--text-temperature",
+        type=float,
+        help=f"the interpretation's (default {AUDIT_TEXT_TEMPERATURE:g}: greedy, as the model card "
+        "measures it)",
     )
     regen.add_argument("--top-k", type=int, help="default: the pipeline's (2048)")
     regen.add_argument("--max-text-tokens", type=int, help="default: the pipeline's (195)")

@@ -293,3 +293,30 @@ def test_command_line_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(["regenerate-audit", "--weights", str(tmp_path / "none"), "--no-progress"]) == 2
     assert "no checkpoint folder" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.slow
+def test_command_line_writes_greedy_text_and_records_a_command_that_reproduces_it(tmp_path):
+    import shlex
+
+    from progemu_lite.exercises import AUDIT_COMMAND, main
+    from progemu_lite.model.pipeline import build_random
+
+    weights = build_random("tiny", seed=0).save_pretrained(tmp_path / "tiny")
+    argv = ["regenerate-audit", "--weights", str(weights), "--pool", "12", "--seed", "3"]
+    assert (
+        main([*argv, "--max-text-tokens", "16", "--out", str(tmp_path / "a"), "--no-progress"]) == 0
+    )
+    first = load_audit_data(tmp_path / "a")
+    # Without --text-temperature the interpretation is greedy (the model card's setting) while
+    # the image keeps the pipeline's sampling.
+    assert first["generation"]["text_temperature"] == 0.0
+    assert all(case["sampling"]["text_temperature"] == 0.0 for case in first["cases"])
+    assert all(case["sampling"]["temperature"] == 1.0 for case in first["cases"])
+    # The recorded command, run again, writes the same cases.
+    command = first["command"]
+    assert command.startswith(AUDIT_COMMAND + " ")
+    again = shlex.split(command)[3:]
+    assert main([*again, "--out", str(tmp_path / "b"), "--no-progress"]) == 0
+    second = load_audit_data(tmp_path / "b")
+    assert second["cases"] == first["cases"] and second["command"] == command
