@@ -318,6 +318,8 @@ AUDIT_COMMAND = "python -m progemu_lite.exercises regenerate-audit"
 # The interpretation is written greedily unless asked otherwise: the model card measures the
 # model's text that way, so the audited texts are the ones its numbers describe.
 AUDIT_TEXT_TEMPERATURE = 0.0
+# The generation settings regenerate-audit's command line takes (as --temperature, --top-k, ...).
+AUDIT_CLI_SAMPLING = ("temperature", "text_temperature", "top_k", "max_text_tokens")
 # The generation settings a case records: the keyword arguments of ProgEmuPipeline.__call__.
 SAMPLING_KEYS = (
     "temperature",
@@ -805,10 +807,14 @@ def regenerate_audit(
     return write_audit_data(AUDIT_DATA if out is None else out, index, files)
 
 
-def audit_command(weights: str | os.PathLike, *, pool: int, seed: int, **sampling) -> str:
-    """The command line that regenerates a pool with these settings (recorded in cases.json)."""
+def audit_command(weights: str | os.PathLike, *, pool: int, seed: int, **sampling) -> str | None:
+    """The command line that regenerates a pool with these settings (recorded in cases.json);
+    None when a setting has no command-line flag (``regenerate_audit`` called from Python with,
+    e.g., ``guidance_scale``): the generation settings in cases.json still say what was used."""
     import shlex
 
+    if not set(sampling) <= set(AUDIT_CLI_SAMPLING):
+        return None
     settings = {"weights": weights, "pool": pool, "seed": seed, **sampling}
     flags = [
         f"--{name.replace('_', '-')} {shlex.quote(str(value))}" for name, value in settings.items()
@@ -852,9 +858,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     regen.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     sampling = {
-        name: getattr(args, name)
-        for name in ("temperature", "text_temperature", "top_k", "max_text_tokens")
-        if getattr(args, name) is not None
+        name: getattr(args, name) for name in AUDIT_CLI_SAMPLING if getattr(args, name) is not None
     }
     try:
         folder = regenerate_audit(

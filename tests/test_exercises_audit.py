@@ -320,3 +320,16 @@ def test_command_line_writes_greedy_text_and_records_a_command_that_reproduces_i
     assert main([*again, "--out", str(tmp_path / "b"), "--no-progress"]) == 0
     second = load_audit_data(tmp_path / "b")
     assert second["cases"] == first["cases"] and second["command"] == command
+
+
+def test_no_command_is_recorded_for_settings_the_command_line_cannot_take():
+    from progemu_lite.exercises import audit_command
+
+    assert audit_command("lite", pool=12, seed=3, text_temperature=0.0) == (
+        "python -m progemu_lite.exercises regenerate-audit --weights lite --pool 12 --seed 3 "
+        "--text-temperature 0.0"
+    )
+    assert audit_command("my weights", pool=12, seed=3).endswith(
+        "--weights 'my weights' --pool 12 --seed 3"
+    )
+    assert audit_command("lite", pool=12, seed=3, guidance_scale=1.5) is None
