@@ -59,8 +59,8 @@ clean:
 # with 24,000 patients for a short 3000-step schedule, and a sixth, from the fifth's float16
 # export, with 48,000 patients for 6000 steps in bf16 autocast (1.3-1.8x the steps per second
 # of float32 on a CPU with native bf16; docs/training.md).
-# VISUAL_TOKEN_INIT=random gives the independent random embeddings of the weights shipped before
-# (docs/training.md, "What the decoder can read").
+# VISUAL_TOKEN_INIT=random gives the independent random embeddings of the random start (the
+# weights shipped two versions ago; docs/training.md, "What the decoder can read").
 LITE_RUNS ?= runs
 VISUAL_TOKEN_INIT ?= codebook
 train-lite: $(STAMP)
