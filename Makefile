@@ -58,7 +58,8 @@ clean:
 # step 10000 of a 12000-step schedule, a fifth, from the fourth's float16 export, goes on
 # with 24,000 patients for a short 3000-step schedule, and a sixth, from the fifth's float16
 # export, with 48,000 patients for 6000 steps in bf16 autocast (1.3-1.8x the steps per second
-# of float32 on a CPU with native bf16; docs/training.md).
+# of float32 on a CPU with native bf16; docs/training.md). Each stage copies the image codes
+# its predecessor already made (--reuse-codes) and encodes only its new patients' images.
 # VISUAL_TOKEN_INIT=random gives the independent random embeddings of the random start (the
 # weights shipped two versions ago; docs/training.md, "What the decoder can read").
 LITE_RUNS ?= runs
@@ -77,6 +78,7 @@ train-lite: $(STAMP)
 		--init $(LITE_RUNS)/lm-lite/checkpoints/step-0003000/pipeline \
 		--steps 800 --batch-size 8 --lr 3e-4 --warmup-steps 50 --interpretation-loss-weight 5 \
 		--eval-every 200 --max-val-pairs 96 --save-every 200 --out $(LITE_RUNS)/lm-lite-text \
+		--reuse-codes $(LITE_RUNS)/lm-lite \
 		$(if $(wildcard $(LITE_RUNS)/lm-lite-text/checkpoints),--resume)
 	$(BIN)/progemu-lite phantom --patients 6000 --pairs-per-patient 3 --size 128 --seed 0 \
 		--out $(LITE_RUNS)/lite-data-6k
@@ -84,6 +86,7 @@ train-lite: $(STAMP)
 		--init $(LITE_RUNS)/lm-lite-text/pipeline \
 		--steps 7000 --batch-size 8 --lr 4e-4 --warmup-steps 100 --interpretation-loss-weight 10 \
 		--eval-every 500 --max-val-pairs 96 --save-every 500 --out $(LITE_RUNS)/lm-lite-6k \
+		--reuse-codes $(LITE_RUNS)/lm-lite-text \
 		$(if $(wildcard $(LITE_RUNS)/lm-lite-6k/checkpoints),--resume)
 	$(BIN)/progemu-lite phantom --patients 12000 --pairs-per-patient 3 --size 128 --seed 0 \
 		--out $(LITE_RUNS)/lite-data-12k
@@ -91,7 +94,8 @@ train-lite: $(STAMP)
 		--init $(LITE_RUNS)/lm-lite-6k/pipeline \
 		--steps 12000 --until 10000 --batch-size 8 --lr 2.5e-4 --warmup-steps 100 \
 		--interpretation-loss-weight 10 --eval-every 500 --max-val-pairs 96 --save-every 500 \
-		--out $(LITE_RUNS)/lm-lite-12k $(if $(wildcard $(LITE_RUNS)/lm-lite-12k/checkpoints),--resume)
+		--out $(LITE_RUNS)/lm-lite-12k --reuse-codes $(LITE_RUNS)/lm-lite-6k \
+		$(if $(wildcard $(LITE_RUNS)/lm-lite-12k/checkpoints),--resume)
 	$(BIN)/progemu-lite export $(LITE_RUNS)/lm-lite-12k/checkpoints/step-0010000/pipeline \
 		$(LITE_RUNS)/lite-stage4-float16
 	$(BIN)/progemu-lite phantom --patients 24000 --pairs-per-patient 3 --size 128 --seed 0 \
@@ -100,6 +104,7 @@ train-lite: $(STAMP)
 		--init $(LITE_RUNS)/lite-stage4-float16 \
 		--steps 3000 --batch-size 8 --lr 2e-4 --warmup-steps 100 --interpretation-loss-weight 10 \
 		--eval-every 500 --max-val-pairs 96 --save-every 500 --out $(LITE_RUNS)/lm-lite-24k \
+		--reuse-codes $(LITE_RUNS)/lm-lite-12k \
 		$(if $(wildcard $(LITE_RUNS)/lm-lite-24k/checkpoints),--resume)
 	$(BIN)/progemu-lite export $(LITE_RUNS)/lm-lite-24k/pipeline $(LITE_RUNS)/lite-stage5-float16
 	$(BIN)/progemu-lite phantom --patients 48000 --pairs-per-patient 3 --size 128 --seed 0 \
@@ -109,5 +114,6 @@ train-lite: $(STAMP)
 		--steps 6000 --batch-size 8 --lr 2e-4 --warmup-steps 100 --interpretation-loss-weight 10 \
 		--seed 7 --mixed-precision bf16 \
 		--eval-every 500 --max-val-pairs 96 --save-every 500 --out $(LITE_RUNS)/lm-lite-48k \
+		--reuse-codes $(LITE_RUNS)/lm-lite-24k \
 		$(if $(wildcard $(LITE_RUNS)/lm-lite-48k/checkpoints),--resume)
 	$(BIN)/progemu-lite export $(LITE_RUNS)/lm-lite-48k/pipeline $(LITE_RUNS)/lite-float16

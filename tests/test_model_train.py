@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -249,9 +250,14 @@ def test_code_cache_encoding_resumes_after_a_stop(tmp_path, tiny_vq):
     with pytest.raises(UnidentifiedImageError):
         encode_pair_cache(root, records, vq, 64, cache, segment_pairs=2)
     (parts,) = cache.glob("codes-*.parts")
-    assert sorted(p.name for p in parts.iterdir()) == ["pairs-00000000-00000002.npy"]
     assert not list(cache.glob("codes-*.npy"))
 
+    assert sorted(p.name for p in parts.iterdir()) == [
+        "pairs-00000000-00000002.digests.npy",
+        "pairs-00000000-00000002.npy",
+    ]
+    # A segment saved before caches kept image digests gets them from its pixels.
+    (parts / "pairs-00000000-00000002.digests.npy").unlink()
     # Mark the saved segment so that reading it back (not encoding again) shows in the result.
     saved = np.load(parts / "pairs-00000000-00000002.npy")
     np.save(parts / "pairs-00000000-00000002.npy", saved + 1)
@@ -259,13 +265,74 @@ def test_code_cache_encoding_resumes_after_a_stop(tmp_path, tiny_vq):
     os.utime(broken, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     codes, path, reused = encode_pair_cache(root, records, vq, 64, cache, segment_pairs=2)
     fresh, _, _ = encode_pair_cache(root, records, vq, 64, tmp_path / "fresh", segment_pairs=2)
+    digests = path.with_suffix(".digests.npy")
+    assert np.array_equal(np.load(digests), np.load(tmp_path / "fresh" / digests.name))
     assert not reused and codes.shape == (5, 2, 8, 8)
     assert np.array_equal(codes[:2], fresh[:2] + 1)
     assert np.array_equal(codes[2:], fresh[2:])
     assert np.array_equal(saved, fresh[:2])
     assert not parts.exists() and sorted(p.name for p in cache.iterdir()) == sorted(
-        [path.name, path.with_suffix(".json").name]
+        [path.name, path.with_suffix(".json").name, digests.name]
     )
+
+
+def _records(root: Path) -> list:
+    train_records, val_records = load_splits(root)
+    return sorted(train_records + val_records, key=lambda r: r.pair_id)
+
+
+def test_codes_of_identical_images_are_copied_from_an_earlier_run(tmp_path, tiny_vq):
+    """A stage on a bigger data set copies the codes of the images an earlier run encoded."""
+    from progemu_lite.data.icgcxr import load_pair_images
+
+    vq = load_vq(tiny_vq, "tiny")
+    small = write_dataset(tmp_path / "small", 3)
+    big = write_dataset(tmp_path / "big", 8)
+    small_records, big_records = _records(small), _records(big)
+    earlier = tmp_path / "earlier-run"
+    codes, path, _ = encode_pair_cache(small, small_records, vq, 64, earlier / "cache")
+    # Mark the earlier run's codes so that copying them (not encoding again) shows.
+    np.save(path, codes + 1)
+
+    copied, _, reused = encode_pair_cache(
+        big, big_records, vq, 64, tmp_path / "cache", reuse_from=[earlier], segment_pairs=3
+    )
+    fresh, _, _ = encode_pair_cache(big, big_records, vq, 64, tmp_path / "fresh")
+    seen = [image for r in small_records for image in load_pair_images(r)]
+    expected = fresh.copy()
+    for i, record in enumerate(big_records):
+        for j, image in enumerate(load_pair_images(record)):
+            if any(np.array_equal(image, other) for other in seen):
+                expected[i, j] += 1
+    assert not reused and np.array_equal(copied, expected)
+    assert (expected != fresh).any() and (expected == fresh).any()  # some copied, some encoded
+
+    # The copy is itself a source: its digests were kept, whichever way its codes came.
+    again, _, _ = encode_pair_cache(
+        big, big_records, vq, 64, tmp_path / "third", reuse_from=[tmp_path / "cache"]
+    )
+    assert np.array_equal(again, copied)
+
+
+def test_codes_are_only_copied_from_a_finished_cache_of_the_same_tokenizer(tmp_path, tiny_vq):
+    from progemu_lite.tokenization.vq import build_vq
+
+    root = write_dataset(tmp_path / "data", 3)
+    records = _records(root)
+    vq = load_vq(tiny_vq, "tiny")
+    other, _, _ = encode_pair_cache(
+        root, records, build_vq("tiny", seed=1), 64, tmp_path / "other" / "cache"
+    )
+    fresh, _, _ = encode_pair_cache(root, records, vq, 64, tmp_path / "fresh")
+    assert not np.array_equal(other, fresh)
+    (tmp_path / "empty").mkdir()
+    # Copying is a shortcut: without a usable cache the run says why and encodes as usual.
+    for source, why in (("other", "another VQ tokenizer"), ("empty", "no finished cache")):
+        with pytest.warns(UserWarning, match=f"no code cache of this VQ tokenizer in .*{why}"):
+            codes, _, _ = encode_pair_cache(
+                root, records, vq, 64, tmp_path / source / "new", reuse_from=[tmp_path / source]
+            )
+        assert np.array_equal(codes, fresh)
 
 
 def test_augmentations_follow_official_probabilities(tmp_path):
@@ -374,6 +441,10 @@ def test_bad_input_gives_clear_errors(tmp_path, capsys, dataset, tiny_vq):
     )
     assert code == 2 and "fewer than one global batch" in err
 
+    reuse = ("--reuse-codes", tmp_path / "nowhere")
+    code, err = _cli(capsys, "--data", dataset, "--vq", tiny_vq, "--out", out, *base, *reuse)
+    assert code == 2 and "--reuse-codes: " in err and "nowhere' is not a folder" in err
+
 
 @pytest.mark.slow
 def test_cli_trains_and_refuses_to_overwrite(tmp_path, capsys, dataset, tiny_vq):
@@ -472,6 +543,22 @@ def test_init_from_a_trained_pipeline_continues_learning(trained_run, dataset, t
     with pytest.raises(ValueError, match="--visual-token-init starts a fresh decoder"):
         init = trained_run.pipeline_dir
         train(_config(dataset, None, tmp_path / "y", init=init, visual_token_init="codebook"))
+
+
+@pytest.mark.slow
+def test_a_later_stage_copies_the_image_codes_of_an_earlier_run(trained_run, dataset, tmp_path):
+    earlier = tmp_path / "earlier"
+    shutil.copytree(trained_run.out / "cache", earlier / "cache")
+    # Marked codes (a different code for every image) show that they were copied, not encoded.
+    codebook_size = load_vq(trained_run.pipeline_dir, "tiny").config.codebook_size
+    marked = (np.load(trained_run.cache_path) + 1) % codebook_size
+    np.save(earlier / "cache" / trained_run.cache_path.name, marked)
+    init = trained_run.pipeline_dir
+    config = _config(dataset, None, tmp_path / "next", init=init, steps=1, reuse_codes=(earlier,))
+    result = train(config)
+    assert np.array_equal(np.load(result.cache_path), marked)
+    recorded = json.loads((result.out / "trainer_state.json").read_text())["config"]
+    assert recorded["reuse_codes"] == [str(earlier)]
 
 
 @pytest.mark.slow

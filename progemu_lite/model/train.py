@@ -61,6 +61,8 @@ class TrainConfig:
     vq: Path | None = None  # the trained VQ tokenizer folder (train-vq); with ``init``: its new VQ
     init: Path | None = None  # start from this pipeline folder (its weights, tokenizer and VQ)
     grow_layers: int | None = None  # deepen the --init decoder to this many layers first (grow.py)
+    # earlier runs (or their cache folders) whose codes of identical images are copied, not encoded
+    reuse_codes: Sequence[Path] = ()
     preset: str = "lite"
     steps: int | None = None  # optimizer steps; exclusive with ``epochs``
     epochs: float | None = None  # default when neither is given: 30 (the paper's)
@@ -206,6 +208,74 @@ def _fit_image(image: np.ndarray, size: int, where: str) -> np.ndarray:
     return image
 
 
+IMAGE_DIGEST_BYTES = 16
+
+
+def image_digest(image: np.ndarray) -> bytes:
+    """What identifies an image for the VQ: a hash of the exact pixels it is given."""
+    digest = hashlib.blake2b(digest_size=IMAGE_DIGEST_BYTES)
+    digest.update(f"{image.shape}:{image.dtype}".encode())
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.digest()
+
+
+class ReusableCodes:
+    """Codes of images some earlier run already encoded with the same VQ, by image digest.
+
+    Training on a bigger data set after a smaller one (the lite chain: 2,000 -> 48,000
+    patients) meets many of the same images again; their codes are copied instead of being
+    encoded once more, which is most of the encoding time of a later stage. A cache qualifies
+    when it is finished and was written with the same VQ weights and image size.
+    """
+
+    def __init__(self, codes: np.ndarray, digests: np.ndarray, sources: list[Path]):
+        self.codes = codes  # int (M, h, w)
+        self.sources = sources
+        self._row = {bytes(d): i for i, d in enumerate(digests)}
+
+    def get(self, digest: bytes) -> np.ndarray | None:
+        row = self._row.get(digest)
+        return None if row is None else self.codes[row]
+
+    @classmethod
+    def load(cls, folders: Sequence[Path], vq_hash: str, image_size: int) -> ReusableCodes | None:
+        """The finished caches in ``folders`` (run folders or their ``cache`` folders).
+
+        Copying is only a shortcut, so a folder without a usable cache is a warning saying why,
+        not an error: every image is then encoded as usual. None when nothing is usable.
+        """
+        codes, digests, sources = [], [], []
+        for folder in map(Path, folders):
+            if not folder.is_dir():
+                raise FileNotFoundError(f"--reuse-codes: {str(folder)!r} is not a folder")
+            cache_dir = folder / "cache" if (folder / "cache").is_dir() else folder
+            skipped = []
+            for index_path in sorted(cache_dir.glob("codes-*.json")):
+                index = json.loads(index_path.read_text())
+                digest_path = index_path.with_suffix(".digests.npy")
+                if "vq" not in index or not digest_path.exists():
+                    skipped.append(f"{index_path.name} (written before caches kept digests)")
+                elif index["vq"] != vq_hash:
+                    skipped.append(f"{index_path.name} (another VQ tokenizer)")
+                elif index["image_size"] != image_size:
+                    skipped.append(f"{index_path.name} ({index['image_size']} px images)")
+                else:
+                    pair_codes = np.load(index_path.with_suffix(".npy"))
+                    codes.append(pair_codes.reshape(-1, *pair_codes.shape[2:]))
+                    digests.append(np.load(digest_path).reshape(-1, IMAGE_DIGEST_BYTES))
+                    sources.append(index_path.with_suffix(".npy"))
+            if not any(s.parent == cache_dir for s in sources):
+                found = "found " + ", ".join(skipped) if skipped else "no finished cache"
+                warnings.warn(
+                    f"--reuse-codes: no code cache of this VQ tokenizer in {cache_dir} ({found}); "
+                    "its images are encoded again",
+                    stacklevel=2,
+                )
+        if not sources:
+            return None
+        return cls(np.concatenate(codes), np.concatenate(digests), sources)
+
+
 def encode_pair_cache(
     root: Path,
     records: Sequence,
@@ -213,6 +283,7 @@ def encode_pair_cache(
     image_size: int,
     cache_dir: Path,
     *,
+    reuse_from: Sequence[Path] = (),
     batch_size: int = 16,
     segment_pairs: int = 2048,
     progress: bool = True,
@@ -221,7 +292,10 @@ def encode_pair_cache(
 
     Encodes once with the frozen VQ and stores ``codes-<key>.npy`` + ``codes-<key>.json`` in
     ``cache_dir``; a later call with the same files and VQ reads them back. Returns
-    ``(codes, path, reused)``.
+    ``(codes, path, reused)``. Beside them ``codes-<key>.digests.npy`` holds each image's
+    :func:`image_digest`: a later run on other files copies the codes of identical images from
+    the caches or run folders in its ``reuse_from`` (``train --reuse-codes``) instead of
+    encoding them again.
 
     The encoding is saved as it goes, ``segment_pairs`` pairs per file in
     ``codes-<key>.parts/``, so a run stopped part-way (Ctrl-C, a session that ends) resumes
@@ -235,15 +309,27 @@ def encode_pair_cache(
     from progemu_lite.tokenization.vq import encode_images
 
     root, cache_dir = Path(root), Path(cache_dir)
-    key = cache_key(root, records, weights_fingerprint(vqmodel), image_size)
+    vq_hash = weights_fingerprint(vqmodel)
+    key = cache_key(root, records, vq_hash, image_size)
     codes_path = cache_dir / f"codes-{key}.npy"
     index_path = cache_dir / f"codes-{key}.json"
+    digests_path = cache_dir / f"codes-{key}.digests.npy"
     parts_dir = cache_dir / f"codes-{key}.parts"
     pair_keys = [_pair_key(root, r) for r in records]
     if codes_path.exists() and index_path.exists():
         index = json.loads(index_path.read_text())
         if index.get("pairs") == pair_keys:
             return np.load(codes_path), codes_path, True
+    reuse = ReusableCodes.load(reuse_from, vq_hash, image_size) if reuse_from else None
+
+    def fitted_images(batch) -> tuple[list[np.ndarray], list[bytes]]:
+        images = []
+        for record in batch:
+            prior, followup = load_pair_images(record)
+            where = _pair_key(root, record)
+            images.append(_fit_image(prior, image_size, f"{where} prior"))
+            images.append(_fit_image(followup, image_size, f"{where} follow-up"))
+        return images, [image_digest(image) for image in images]
 
     # The key covers every pair's files, so a segment named by its pair range under this key
     # holds exactly those pairs' codes; one left by another segment size is simply not used.
@@ -252,7 +338,7 @@ def encode_pair_cache(
         for start in range(0, len(records), segment_pairs)
     ]
     vqmodel.eval()  # never batch statistics: they would change the codes
-    chunks = []
+    chunks, digest_chunks, copied = [], [], 0
     with (
         torch.no_grad(),
         tqdm(
@@ -264,34 +350,64 @@ def encode_pair_cache(
     ):
         for start, stop in segments:
             part_path = parts_dir / f"pairs-{start:08d}-{stop:08d}.npy"
+            part_digests = part_path.with_suffix(".digests.npy")
             if part_path.exists():
                 chunks.append(np.load(part_path))
+                if part_digests.exists():
+                    digest_chunks.append(np.load(part_digests))
+                else:  # a segment written before caches kept digests: the pixels say them
+                    digests = [fitted_images(records[i : i + 1])[1] for i in range(start, stop)]
+                    digest_chunks.append(_digest_array(digests))
                 bar.update(stop - start)
                 continue
-            segment = []
+            segment, segment_digests = [], []
             for first in range(start, stop, batch_size):
-                images = []
-                for record in records[first : min(first + batch_size, stop)]:
-                    prior, followup = load_pair_images(record)
-                    where = _pair_key(root, record)
-                    images.append(_fit_image(prior, image_size, f"{where} prior"))
-                    images.append(_fit_image(followup, image_size, f"{where} follow-up"))
-                codes = encode_images(vqmodel, np.stack(images))
+                images, digests = fitted_images(records[first : min(first + batch_size, stop)])
+                known = [None if reuse is None else reuse.get(d) for d in digests]
+                missing = [i for i, codes in enumerate(known) if codes is None]
+                if missing:
+                    encoded = encode_images(vqmodel, np.stack([images[i] for i in missing]))
+                    for i, codes in zip(missing, encoded, strict=True):
+                        known[i] = codes
+                copied += len(images) - len(missing)
+                codes = np.stack(known)
                 segment.append(codes.reshape(-1, 2, *codes.shape[1:]))
+                segment_digests.append(digests)
                 bar.update(len(images) // 2)
             segment = np.concatenate(segment).astype(np.int32)
+            segment_digests = _digest_array(segment_digests)
+            # Digests first: a segment's codes on disk promise that its digests are there too.
+            atomic_write(part_digests, lambda p, a=segment_digests: np.save(p, a), suffix=".npy")
             atomic_write(part_path, lambda p, a=segment: np.save(p, a), suffix=".npy")
             chunks.append(segment)
+            digest_chunks.append(segment_digests)
+    if reuse is not None and progress:
+        sources = ", ".join(str(s) for s in reuse.sources)
+        tqdm.write(f"copied the codes of {copied:,} of {2 * len(records):,} images from {sources}")
     codes = np.concatenate(chunks)
     # int16 holds every code of a 32,768-entry codebook (the full VQ): half the disk and memory.
     codes = codes.astype(np.int16 if codes.max() < 2**15 else np.int32)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(codes_path, lambda p: np.save(p, codes), suffix=".npy")
-    index = {"version": CACHE_FORMAT_VERSION, "image_size": image_size, "pairs": pair_keys}
+    digests = np.concatenate(digest_chunks)
+    atomic_write(digests_path, lambda p: np.save(p, digests), suffix=".npy")
+    index = {
+        "version": CACHE_FORMAT_VERSION,
+        "image_size": image_size,
+        "vq": vq_hash,
+        "pairs": pair_keys,
+    }
+    # The index last: its presence is what marks the cache finished.
     atomic_write_json(index_path, index)
     shutil.rmtree(parts_dir, ignore_errors=True)
     return codes, codes_path, False
+
+
+def _digest_array(digests: Sequence[Sequence[bytes]]) -> np.ndarray:
+    """Pairs' image digests as uint8 (N, 2, IMAGE_DIGEST_BYTES); ``digests`` is batches of them."""
+    flat = b"".join(d for batch in digests for d in batch)
+    return np.frombuffer(flat, dtype=np.uint8).reshape(-1, 2, IMAGE_DIGEST_BYTES).copy()
 
 
 def step_indices(step: int, n_pairs: int, global_batch: int, seed: int) -> tuple[int, np.ndarray]:
@@ -422,6 +538,9 @@ def _check_config(config: TrainConfig) -> None:
         )
     if not Path(config.data).is_dir():
         raise FileNotFoundError(f"data folder {str(config.data)!r} does not exist")
+    for folder in config.reuse_codes:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"--reuse-codes: {str(folder)!r} is not a folder")
 
 
 def _checkpoint_dirs(out: Path) -> list[Path]:
@@ -516,6 +635,7 @@ def train(config: TrainConfig) -> TrainResult:
             vqmodel,
             image_size,
             out / "cache",
+            reuse_from=config.reuse_codes,
             progress=config.progress and main,
         )
     train_pairs = _pair_codes(root, train_records, codes[: len(train_records)])
@@ -994,6 +1114,8 @@ def _training_metadata(config: TrainConfig, run: dict, state: dict) -> dict:
 def _jsonable(value):
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     return value

@@ -52,6 +52,15 @@ def register(subparsers) -> None:
         "or from the VQ codebook vectors, so that codes that look alike start alike (random)",
     )
     parser.add_argument("--out", type=Path, required=True, help="run folder")
+    parser.add_argument(
+        "--reuse-codes",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="RUN",
+        help="copy the image codes of identical images from an earlier run's finished cache "
+        "(its folder or RUN/cache; same VQ) instead of encoding them again; repeatable",
+    )
     parser.add_argument("--preset", default="lite", choices=("tiny", "lite", "full"), help="(lite)")
     length = parser.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimizer steps")
@@ -137,6 +146,7 @@ def _train(args) -> int:
         vq=args.vq,
         init=args.init,
         grow_layers=args.grow_layers,
+        reuse_codes=tuple(args.reuse_codes),
         out=args.out,
         preset=args.preset,
         steps=args.steps,
