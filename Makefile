@@ -58,8 +58,9 @@ clean:
 # step 10000 of a 12000-step schedule, a fifth, from the fourth's float16 export, goes on
 # with 24,000 patients for a short 3000-step schedule, and a sixth, from the fifth's float16
 # export, with 48,000 patients for 6000 steps in bf16 autocast (1.3-1.8x the steps per second
-# of float32 on a CPU with native bf16; docs/training.md). Each stage copies the image codes
-# its predecessor already made (--reuse-codes) and encodes only its new patients' images.
+# of float32 on a CPU with native bf16; docs/training.md). A stage copies the image codes its
+# predecessor made with the same VQ (--reuse-codes) and encodes only its new patients' images;
+# the fifth encodes all of its own: its --init, a float16 export, rounds the VQ to float16.
 # VISUAL_TOKEN_INIT=random gives the independent random embeddings of the random start (the
 # weights shipped two versions ago; docs/training.md, "What the decoder can read").
 LITE_RUNS ?= runs
@@ -104,7 +105,6 @@ train-lite: $(STAMP)
 		--init $(LITE_RUNS)/lite-stage4-float16 \
 		--steps 3000 --batch-size 8 --lr 2e-4 --warmup-steps 100 --interpretation-loss-weight 10 \
 		--eval-every 500 --max-val-pairs 96 --save-every 500 --out $(LITE_RUNS)/lm-lite-24k \
-		--reuse-codes $(LITE_RUNS)/lm-lite-12k \
 		$(if $(wildcard $(LITE_RUNS)/lm-lite-24k/checkpoints),--resume)
 	$(BIN)/progemu-lite export $(LITE_RUNS)/lm-lite-24k/pipeline $(LITE_RUNS)/lite-stage5-float16
 	$(BIN)/progemu-lite phantom --patients 48000 --pairs-per-patient 3 --size 128 --seed 0 \
