@@ -249,7 +249,7 @@ class ReusableCodes:
             if not folder.is_dir():
                 raise FileNotFoundError(f"--reuse-codes: {str(folder)!r} is not a folder")
             cache_dir = folder / "cache" if (folder / "cache").is_dir() else folder
-            skipped = []
+            skipped, usable = [], 0
             for index_path in sorted(cache_dir.glob("codes-*.json")):
                 index = json.loads(index_path.read_text())
                 digest_path = index_path.with_suffix(".digests.npy")
@@ -264,7 +264,8 @@ class ReusableCodes:
                     codes.append(pair_codes.reshape(-1, *pair_codes.shape[2:]))
                     digests.append(np.load(digest_path).reshape(-1, IMAGE_DIGEST_BYTES))
                     sources.append(index_path.with_suffix(".npy"))
-            if not any(s.parent == cache_dir for s in sources):
+                    usable += 1
+            if not usable:
                 found = "found " + ", ".join(skipped) if skipped else "no finished cache"
                 warnings.warn(
                     f"--reuse-codes: no code cache of this VQ tokenizer in {cache_dir} ({found}); "
