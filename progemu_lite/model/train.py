@@ -91,6 +91,9 @@ class TrainConfig:
     # "codebook" (from the VQ's codebook vectors: codes that look alike start alike;
     # progemu_lite.model.codebook_init).
     visual_token_init: str = "random"
+    # Weight of the auxiliary loss that asks the decoder to name the prior's CheXpert findings
+    # at the prior's <|image end|> (progemu_lite.model.reading_loss); 0 = off, the official loss.
+    reading_loss_weight: float = 0.0
     progress: bool = True
 
 
@@ -125,6 +128,8 @@ class PairCodes:
     followup: np.ndarray  # int (h, w)
     prompt: str
     interpretation: str
+    # the prior's 14 CheXpert labels (1, 0, -100 unknown): the reading loss's targets
+    prior_labels: np.ndarray | None = None
 
 
 TRAIN_SPLIT = "train"
@@ -523,6 +528,8 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError("--lr must be positive")
     if not config.interpretation_loss_weight > 0:
         raise ValueError("--interpretation-loss-weight must be positive")
+    if not config.reading_loss_weight >= 0:
+        raise ValueError("--reading-loss-weight must be zero (off) or positive")
     if config.grow_layers is not None and config.init is None:
         raise ValueError("--grow-layers deepens a trained model: give it with --init")
     from progemu_lite.model.codebook_init import VISUAL_TOKEN_INITS
@@ -556,7 +563,7 @@ def train(config: TrainConfig) -> TrainResult:
     """Train (or ``resume``) a ProgEmu model; see the module docstring and docs/training.md."""
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
     from tqdm.auto import tqdm
     from transformers import get_cosine_schedule_with_warmup
 
@@ -590,6 +597,12 @@ def train(config: TrainConfig) -> TrainResult:
         ) from error
     main = accelerator.is_main_process
     set_seed(config.seed)
+    reading = config.reading_loss_weight > 0
+    if reading and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise ValueError(
+            "--reading-loss-weight trains a probe beside the model, a second model that "
+            "accelerate's DeepSpeed integration cannot prepare; use DDP or FSDP, or leave it 0"
+        )
 
     # -- data and the image-code cache -----------------------------------------------------------
     root = Path(config.data)
@@ -691,11 +704,21 @@ def train(config: TrainConfig) -> TrainResult:
         "mixed_precision": accelerator.mixed_precision,
         "grow_layers": config.grow_layers,
         "visual_token_init": config.visual_token_init,
+        "reading_loss_weight": config.reading_loss_weight,
     }
 
+    if reading:
+        from progemu_lite.model.reading_loss import FinalHiddenStates, ReadingHead, reading_loss
+
+        head = ReadingHead(model.config.text_config.hidden_size)
+        trainable += list(head.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if reading:  # prepared with the model, so that save_state/load_state keep it for --resume
+        model, head, optimizer = accelerator.prepare(model, head, optimizer)
+        final_states = FinalHiddenStates(accelerator.unwrap_model(model))
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     if accelerator.gradient_accumulation_steps != config.grad_accum:
         raise ValueError(
             f"--grad-accum {config.grad_accum} disagrees with the accelerate/DeepSpeed config "
@@ -706,9 +729,12 @@ def train(config: TrainConfig) -> TrainResult:
 
     # -- resume ------------------------------------------------------------------------------------
     state = {"step": 0, "train_losses": [], "val_losses": [], "tokens": 0, "train_seconds": 0.0}
+    if reading:
+        state["reading_losses"] = []
     if config.resume:
         latest = checkpoints[-1]
         saved = json.loads((latest / _STATE_FILE).read_text())
+        saved["run"].setdefault("reading_loss_weight", 0.0)  # runs from before the option
         mismatched = {
             k: (saved["run"][k], v)
             for k, v in run_defining.items()
@@ -729,10 +755,14 @@ def train(config: TrainConfig) -> TrainResult:
             training_example(train_pairs[i], builder, augmentation_rng(config.seed, epoch, i))
             for i in mine
         ]
-        return [
-            builder.collate(examples[k : k + config.batch_size])
-            for k in range(0, len(examples), config.batch_size)
-        ]
+        batches = []
+        for k in range(0, len(examples), config.batch_size):
+            batch = builder.collate(examples[k : k + config.batch_size])
+            if reading:
+                labels = [train_pairs[i].prior_labels for i in mine[k : k + config.batch_size]]
+                batch["prior_labels"] = torch.as_tensor(np.stack(labels))
+            batches.append(batch)
+        return batches
 
     def evaluate() -> float:
         return validation_loss(accelerator, model, val_pairs, builder, config.batch_size)
@@ -757,9 +787,11 @@ def train(config: TrainConfig) -> TrainResult:
     for step in range(start_step, stop):
         began = time.perf_counter()
         step_loss = torch.zeros((), device=accelerator.device)
+        step_reading = torch.zeros((), device=accelerator.device)
         step_tokens = torch.zeros((), device=accelerator.device, dtype=torch.long)
         for batch in micro_batches(step):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            prior_labels = batch.pop("prior_labels", None)
             with accelerator.accumulate(model):
                 if config.interpretation_loss_weight == 1.0:
                     loss = model(**batch).loss
@@ -772,7 +804,14 @@ def train(config: TrainConfig) -> TrainResult:
                         config.interpretation_loss_weight,
                     )
                     batch["labels"] = labels
-                accelerator.backward(loss)
+                total = loss
+                if reading:
+                    read = reading_loss(
+                        head, final_states.take(), batch["input_ids"], prior_labels, builder.ids.eoi
+                    )
+                    total = loss + config.reading_loss_weight * read
+                    step_reading += read.detach().float() / config.grad_accum
+                accelerator.backward(total)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
@@ -785,24 +824,28 @@ def train(config: TrainConfig) -> TrainResult:
         seconds = time.perf_counter() - began
         state["step"] = step + 1
         state["train_losses"].append(mean_loss)
+        if reading:
+            state["reading_losses"].append(accelerator.reduce(step_reading, "mean").item())
         state["tokens"] += tokens
         state["train_seconds"] += seconds
         bar.update(1)
-        bar.set_postfix(loss=f"{mean_loss:.3f}", tok_s=f"{tokens / seconds:.0f}")
+        shown = {"loss": f"{mean_loss:.3f}", "tok_s": f"{tokens / seconds:.0f}"}
+        if reading:
+            shown["read"] = f"{state['reading_losses'][-1]:.3f}"
+        bar.set_postfix(shown)
 
         done = step + 1 == total_steps
         if val_pairs and ((step + 1) % config.eval_every == 0 or done):
             state["val_losses"].append([step + 1, evaluate()])
             model.train()
             _freeze_vq(accelerator.unwrap_model(model))
-            bar.set_postfix(
-                loss=f"{mean_loss:.3f}",
-                val=f"{state['val_losses'][-1][1]:.3f}",
-                tok_s=f"{tokens / seconds:.0f}",
-            )
+            shown["val"] = f"{state['val_losses'][-1][1]:.3f}"
+            bar.set_postfix(shown)
         if (step + 1) % config.save_every == 0 or done or step + 1 == stop:
             saved_paths.append(save_checkpoint(step + 1))
     bar.close()
+    if reading:
+        final_states.remove()
 
     curve = out / "loss_curve.png"
     if main:
@@ -860,6 +903,8 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def _pair_codes(root: Path, records: Sequence, codes: np.ndarray) -> list[PairCodes]:
+    from progemu_lite.model.reading_loss import prior_label_vector
+
     return [
         PairCodes(
             key=_pair_key(root, r),
@@ -867,6 +912,7 @@ def _pair_codes(root: Path, records: Sequence, codes: np.ndarray) -> list[PairCo
             followup=codes[i, 1],
             prompt=r.prompt,
             interpretation=r.interpretation,
+            prior_labels=prior_label_vector(r.reference_labels),
         )
         for i, r in enumerate(records)
     ]

@@ -118,6 +118,13 @@ def register(subparsers) -> None:
         default=1.0,
         help="weight of the interpretation's tokens in the loss (1 = the official plain loss)",
     )
+    parser.add_argument(
+        "--reading-loss-weight",
+        type=float,
+        default=0.0,
+        help="weight of an auxiliary loss: a linear probe on the decoder's state at the prior's "
+        "<|image end|> names the prior's CheXpert findings (0 = off, the official loss)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_train)
 
@@ -168,6 +175,7 @@ def _train(args) -> int:
         mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing,
         interpretation_loss_weight=args.interpretation_loss_weight,
+        reading_loss_weight=args.reading_loss_weight,
         visual_token_init=args.visual_token_init,
         progress=not args.quiet,
     )
