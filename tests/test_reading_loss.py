@@ -39,12 +39,19 @@ def test_prior_labels_keep_present_and_absent_and_drop_the_rest():
     assert len(vector) == len(CHEXPERT_LABELS)
 
 
-def test_the_probe_reads_at_the_prior_image_end(tiny):
+@pytest.fixture(scope="module")
+def two_rows(tiny):
+    """A builder and a batch of two training sequences: one with a prior, one the null
+    condition (no prior image); and the first row's ids."""
     builder = SequenceBuilder(tiny.tokenizer)
     codes = np.arange(64).reshape(8, 8) % 32
     with_prior, _ = builder.training_ids(codes, "New left effusion.", codes, "New effusion.")
     null, _ = builder.training_ids(None, "", codes, "New effusion.")
-    batch = builder.collate([(with_prior, with_prior), (null, null)])
+    return builder, builder.collate([(with_prior, with_prior), (null, null)]), with_prior
+
+
+def test_the_probe_reads_at_the_prior_image_end(two_rows):
+    builder, batch, with_prior = two_rows
     positions = prior_end_positions(batch["input_ids"], builder.ids.eoi).tolist()
     # row 0: BOS, <|image start|>, the "8*8" spelling, <|image token|>, 8 rows of 8 codes + EOL,
     # EOF, then <|image end|>; row 1 (the null condition) has no prior to read
@@ -53,12 +60,8 @@ def test_the_probe_reads_at_the_prior_image_end(tiny):
     assert positions[1] == -1
 
 
-def test_the_loss_scores_known_labels_of_rows_with_a_prior(tiny):
-    builder = SequenceBuilder(tiny.tokenizer)
-    codes = np.arange(64).reshape(8, 8) % 32
-    ids, _ = builder.training_ids(codes, "New left effusion.", codes, "New effusion.")
-    null, _ = builder.training_ids(None, "", codes, "New effusion.")
-    batch = builder.collate([(ids, ids), (null, null)])
+def test_the_loss_scores_known_labels_of_rows_with_a_prior(tiny, two_rows):
+    builder, batch, _ = two_rows
     model = tiny.model.eval()
     head = ReadingHead(model.config.text_config.hidden_size)
     states = FinalHiddenStates(model)
