@@ -206,6 +206,7 @@ def test_unwritable_output_is_a_clear_error(tmp_path, capsys):
         (["--patients", "1", "--size", "60"], "--size must be a multiple of 16"),
         (["--patients", "1", "--pairs-per-patient", "0"], "--pairs-per-patient"),
         (["--patients", "1", "--contact-sheet", "sheet.jpg"], "must name a .png"),
+        (["--patients", "1", "--generator-version", "7"], "unknown generator version 7"),
     ],
 )
 def test_bad_arguments(tmp_path, capsys, argv, message):
@@ -239,3 +240,44 @@ def test_counterfactual_progressions_of_a_patient_differ():
         assert len(set(chosen)) == 6
         for progression in chosen:
             progression.check_applies_to(prior)
+
+
+def test_generator_versions_draw_the_same_patients_and_texts(tmp_path):
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    args = ["phantom", "--patients", 12, "--pairs-per-patient", 1, *SMALL]
+    assert run_cli(*args, "--generator-version", 1, "--out", v1) == 0
+    assert run_cli(*args, "--generator-version", 2, "--out", v2) == 0
+    for root, version in ((v1, 1), (v2, 2)):
+        manifest = json.loads((root / "manifest.json").read_text())
+        assert manifest["generator-version"] == version
+        assert "generator_version" not in manifest["args"]  # the arguments read as before
+        assert PhantomConfig.from_manifest(manifest).generator_version == version
+    one, two = tree_bytes(v1), tree_bytes(v2)
+    assert one.keys() == two.keys()
+    records = [k for k in one if k.endswith(".json") and k != "manifest.json"]
+    assert records and all(one[k] == two[k] for k in records)  # prompts, texts, annotations
+    # Resuming a folder with the other version is refused, naming both.
+    with pytest.raises(ValueError, match="generator-version=1.*generator-version=2"):
+        generate(v1, PhantomConfig(12, 1, 64, 5, generator_version=2), progress=False)
+
+
+def test_generator_version_2_redraws_only_the_subtle_findings():
+    def redrawn(state) -> bool:  # what version 2 draws differently (signs.GENERATOR_VERSIONS)
+        return any(
+            f.name == "nodule" or (f.name in ("pulmonary_edema", "atelectasis") and f.severity == 1)
+            for f in state.findings
+        )
+
+    seen = set()
+    for index in range(16):
+        one, two = (
+            next(simulate_patient(PhantomConfig(16, 1, 64, 5, generator_version=v), index))
+            for v in (1, 2)
+        )
+        for state, a, b in (
+            (one.prior_state, one.prior.image, two.prior.image),
+            (one.followup_state, one.followup.image, two.followup.image),
+        ):
+            assert (not np.array_equal(a, b)) == redrawn(state), state
+            seen.add(redrawn(state))
+    assert seen == {True, False}

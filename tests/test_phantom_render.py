@@ -142,6 +142,38 @@ def test_each_finding_changes_its_region_far_more_than_outside(renderer, normal,
         assert not (mask & ~region).any()  # every severity shows inside the region
 
 
+SUBTLE = [("nodule", "right_upper_lobe"), ("pulmonary_edema", "bilateral"),
+          ("atelectasis", "right_lower_lobe")]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "location"), SUBTLE)
+def test_version_2_draws_the_mildest_grade_visibly(patient, name, location):
+    # At 128x128, version 1 draws the mildest grade at its physical size (an 8 mm nodule changes
+    # a pixel or two); version 2 changes many more pixels clearly, keeps the grades in order,
+    # and leaves everything outside the finding alone.
+    def change(version, severity):
+        renderer = PatientRenderer(patient, SIZE, generator_version=version)
+        before = renderer.render(ChestState(), QUIET).image.astype(float)
+        after = renderer.render(_state(name, location, severity), QUIET)
+        diff = np.abs(after.image.astype(float) - before)
+        mask = after.masks[(name, location)]
+        return {"visible": int((diff > 8).sum()), "inside": diff[mask].mean(),
+                "outside": diff[~mask].mean()}  # fmt: skip
+
+    mild_1, mild_2, severe_2 = change(1, 1), change(2, 1), change(2, 3)
+    assert mild_2["visible"] >= max(20, 1.5 * mild_1["visible"]), (mild_1, mild_2)
+    assert mild_2["inside"] > mild_1["inside"]
+    assert mild_2["inside"] < severe_2["inside"]
+    assert mild_2["inside"] > 5 * mild_2["outside"]
+    if name == "nodule":
+        assert mild_1["visible"] <= 4
+
+
+def test_unknown_generator_version_is_a_clear_error(patient):
+    with pytest.raises(ValueError, match="unknown generator version 3; known: 1, 2"):
+        PatientRenderer(patient, 64, generator_version=3)
+
+
 def test_cardiothoracic_ratio_grows_with_cardiomegaly(renderer, normal):
     ctr = [normal.cardiothoracic_ratio()]
     for severity in (1, 2, 3):

@@ -187,6 +187,18 @@ def test_course_dataset_is_made_once(tiny_dataset):
     assert summary.splitlines()[-1].startswith("annotated changes:")
 
 
+def test_course_dataset_keeps_generator_versions_apart(tiny_dataset):
+    import json
+
+    versions = {}
+    for version in (1, 2):
+        root = course_dataset(patients=4, pairs_per_patient=2, size=64, seed=0,
+                              generator_version=version)  # fmt: skip
+        versions[root] = json.loads((root / "manifest.json").read_text())["generator-version"]
+    assert sorted(versions.values()) == [1, 2] and tiny_dataset in versions
+    assert all(root.parent == tiny_dataset.parent for root in versions)
+
+
 def test_pair_browser_follows_split_patient_and_pair(tiny_dataset):
     browser = PairBrowser(tiny_dataset, image_width=64)
     records = browser.records

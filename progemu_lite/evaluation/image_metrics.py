@@ -170,9 +170,10 @@ def simulated_changed_region(dataset_root, record) -> np.ndarray | None:
     ``<root>/manifest.json`` (seed, size, pairs per patient) following the generator's documented
     determinism (patient ``i`` draws from ``SeedSequence(seed, spawn_key=(i, 0))``, its pair ``k``
     from ``spawn_key=(i, k + 1)``): anatomy, prior state and acquisition, the progressions, then
-    the follow-up's acquisition. Returns None when that is impossible (no manifest, foreign id,
-    other generator version) or the re-derived annotation differs from the record's (edited
-    files), so the caller falls back to :func:`changed_region_from_difference`.
+    the follow-up's acquisition; the regions are drawn by the manifest's generator version.
+    Returns None when that is impossible (no manifest, foreign id, unknown generator version)
+    or the re-derived annotation differs from the record's (edited files), so the caller falls
+    back to :func:`changed_region_from_difference`.
     """
     import json
 
@@ -187,11 +188,7 @@ def simulated_changed_region(dataset_root, record) -> np.ndarray | None:
         return None
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        if manifest.get("format") != dataset.MANIFEST_FORMAT:
-            return None
-        if manifest.get("generator-version") != dataset.GENERATOR_VERSION:
-            return None
-        config = dataset.PhantomConfig(**manifest["args"])
+        config = dataset.PhantomConfig.from_manifest(manifest)
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
     index, k = int(match.group(1)), int(match.group(2))
@@ -209,7 +206,7 @@ def simulated_changed_region(dataset_root, record) -> np.ndarray | None:
         return None
     from ..phantom.render import PatientRenderer
 
-    renderer = PatientRenderer(anatomy, config.size)
+    renderer = PatientRenderer(anatomy, config.size, config.generator_version)
     mask = np.zeros((config.size, config.size), dtype=bool)
     for entry in annotation:
         if entry.changed:

@@ -6,6 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from .signs import DEFAULT_GENERATOR_VERSION
+
 # Below this many pairs a worker pool costs more than it saves.
 _POOL_MIN_PAIRS = 32
 
@@ -28,6 +30,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     phantom.add_argument("--out", type=Path, required=True, help="output folder")
     phantom.add_argument("--seed", type=int, default=0, help="random seed (0)")
     phantom.add_argument(
+        "--generator-version",
+        type=int,
+        default=DEFAULT_GENERATOR_VERSION,
+        help=(
+            "how the subtlest findings are drawn: 1 at their physical size and density (a small "
+            "nodule or mild edema hardly shows at 128x128), 2 visibly at every grade; same "
+            f"patients, texts and annotations ({DEFAULT_GENERATOR_VERSION})"
+        ),
+    )
+    phantom.add_argument(
         "--contact-sheet", type=Path, default=None, metavar="FILE.png", help="also save a grid"
     )
     phantom.add_argument(
@@ -49,6 +61,7 @@ def run_phantom(args: argparse.Namespace) -> int:
         pairs_per_patient=args.pairs_per_patient,
         size=args.size,
         seed=args.seed,
+        generator_version=args.generator_version,
     )
     if args.contact_sheet is not None and args.contact_sheet.suffix.lower() != ".png":
         raise ValueError(f"--contact-sheet must name a .png file, got {args.contact_sheet}")

@@ -11,6 +11,10 @@ pair is the same whether or not its siblings were generated in the same run (res
 (train/val/test, 80/10/10) is a hash of the patient seed, so a patient's pairs never straddle
 splits.
 
+Generator versions: ``generator_version`` picks how the subtlest signs are drawn
+(:data:`signs.GENERATOR_VERSIONS`): the same patients, states, texts and annotations, with
+images that differ only where a small nodule, mild edema or a plate of atelectasis is drawn.
+
 Streaming: each patient is rendered and written before the next starts (constant memory), by one
 process or a pool of workers. A pair folder appears complete or not at all; rerunning skips
 complete pairs. ``<out>/manifest.json`` records the arguments; a rerun with different arguments
@@ -46,6 +50,7 @@ from .progression import (
     sample_prior_state,
     sample_progression,
 )
+from .signs import DEFAULT_GENERATOR_VERSION, check_generator_version
 from .state import ChestState
 from .text import chexpert_labels, interpretation_text, prompt_text
 
@@ -53,8 +58,8 @@ BRANCH = Path("simulated") / "pa"
 VIEW = "PA"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "progemu-lite-phantom"
-# Bump when the same arguments would produce different files, so old folders are not resumed.
-GENERATOR_VERSION = 1
+# A change that makes the same arguments produce different files needs a new entry in
+# signs.GENERATOR_VERSIONS, so that old folders are not resumed and stay reproducible.
 SPLIT_FRACTIONS: tuple[tuple[str, float], ...] = (("train", 0.8), ("val", 0.1), ("test", 0.1))
 # The renderer's range (render.check_size); multiples of 16 keep the VQ grid (factor 8) even.
 MIN_SIZE = 64
@@ -70,6 +75,7 @@ class PhantomConfig:
     pairs_per_patient: int
     size: int
     seed: int
+    generator_version: int = DEFAULT_GENERATOR_VERSION
 
     def __post_init__(self) -> None:
         if self.patients < 1:
@@ -85,13 +91,26 @@ class PhantomConfig:
             )
         if self.seed < 0:
             raise ValueError(f"--seed must be non-negative, got {self.seed}")
+        try:
+            check_generator_version(self.generator_version)
+        except ValueError as err:
+            raise ValueError(f"--generator-version: {err}") from None
 
     def manifest(self) -> dict:
+        args = asdict(self)
+        del args["generator_version"]  # recorded beside the arguments, as before version 2
         return {
             "format": MANIFEST_FORMAT,
-            "generator-version": GENERATOR_VERSION,
-            "args": asdict(self),
+            "generator-version": self.generator_version,
+            "args": args,
         }
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> PhantomConfig:
+        """The config a manifest records (ValueError, TypeError or KeyError if it is not one)."""
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"not a {MANIFEST_FORMAT} manifest")
+        return cls(**manifest["args"], generator_version=manifest["generator-version"])
 
 
 @dataclass
@@ -165,10 +184,13 @@ def simulate_patient(
     # All K progressions come from the patient's stream, so they can be kept distinct.
     progressions = distinct_progressions(prior_state, config.pairs_per_patient, rng)
 
-    shared = PatientRenderer(anatomy, config.size) if reuse_renderer else None
+    def new_renderer() -> PatientRenderer:
+        return PatientRenderer(anatomy, config.size, config.generator_version)
+
+    shared = new_renderer() if reuse_renderer else None
 
     def renderer() -> PatientRenderer:
-        return shared if shared is not None else PatientRenderer(anatomy, config.size)
+        return shared if shared is not None else new_renderer()
 
     prior = renderer().render(prior_state, prior_acq)
     subject, split = patient_id(index), patient_split(config.seed, index)

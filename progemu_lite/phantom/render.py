@@ -488,11 +488,18 @@ def _width(mask: np.ndarray) -> int:
 class PatientRenderer:
     """Renders one patient at one size; caches static anatomy and each finding's sign."""
 
-    def __init__(self, patient: PatientAnatomy, size: int = NATIVE_SIZE):
+    def __init__(
+        self,
+        patient: PatientAnatomy,
+        size: int = NATIVE_SIZE,
+        generator_version: int = _signs.DEFAULT_GENERATOR_VERSION,
+    ):
         if not isinstance(patient, PatientAnatomy):
             raise TypeError(f"patient must be a PatientAnatomy, got {type(patient).__name__}")
         self.patient = patient
         self.size = check_size(size)
+        # How the subtlest signs are drawn (signs.GENERATOR_VERSIONS).
+        self.generator_version = _signs.check_generator_version(generator_version)
         self.static = StaticAnatomy(patient, self.size)
         self._signs: dict[tuple, _signs.Sign] = {}
         self._warps: dict[tuple, Warp | None] = {}
@@ -619,7 +626,9 @@ class PatientRenderer:
     def _sign(self, name: str, location: str | None, severity: int) -> _signs.Sign:
         key = (name, location, severity)
         if key not in self._signs:
-            self._signs[key] = _signs.compute_sign(self.static, name, location, severity)
+            self._signs[key] = _signs.compute_sign(
+                self.static, name, location, severity, self.generator_version
+            )
         return self._signs[key]
 
     def _dome_offset(self, side: str, shift: float) -> np.ndarray:
@@ -726,10 +735,14 @@ def _detector_blur(a: np.ndarray, sigma_px: float) -> np.ndarray:
 
 
 def render_radiograph(
-    patient: PatientAnatomy, state: ChestState, acquisition: Acquisition, size: int = NATIVE_SIZE
+    patient: PatientAnatomy,
+    state: ChestState,
+    acquisition: Acquisition,
+    size: int = NATIVE_SIZE,
+    generator_version: int = _signs.DEFAULT_GENERATOR_VERSION,
 ) -> Radiograph:
     """One-off render (builds the static anatomy; use PatientRenderer to render many)."""
-    return PatientRenderer(patient, size).render(state, acquisition)
+    return PatientRenderer(patient, size, generator_version).render(state, acquisition)
 
 
 __all__ = [

@@ -22,8 +22,60 @@ if TYPE_CHECKING:
 
 # Target cardiothoracic ratios per cardiomegaly severity (normal < 0.5).
 CARDIOMEGALY_CTR = {1: 0.55, 2: 0.60, 3: 0.68}
-# Nodule diameters (cm): ~8 mm, ~2 cm, a 4-5 cm mass.
-NODULE_DIAMETER_CM = {1: 0.8, 2: 2.0, 3: 4.5}
+
+
+@dataclass(frozen=True)
+class Conspicuity:
+    """How strongly the subtlest signs are drawn: what a generator version changes.
+
+    Version 1 draws every sign at its physical size and density. At 128x128 (0.34 cm a pixel)
+    an 8 mm nodule then changes one or two pixels by about 10 gray levels, a 2 cm nodule about
+    25 pixels, mild edema (vessel redistribution) 3 gray levels on average over the upper
+    zones, and a plate of atelectasis is a line a pixel or two thick: findings the annotation
+    names that a reader of these images hardly sees (the model card's "What the tokenizer lets
+    a reader see": a CNN trained on the pixels sees 9% of the nodules, 11% of mild edemas).
+    Version 2 draws them so that every annotated grade shows at 128x128, as a teaching set
+    should: nodules of 2, 3 and 4.5 cm at twice soft-tissue density, mild edema with a faint
+    perihilar haze besides the redistribution, and thicker plates of atelectasis. Every other
+    sign, and every patient, state and text, is the same in both.
+    """
+
+    nodule_diameter_cm: dict[int, float]  # by severity
+    nodule_density: float  # water-equivalent density of the nodule (1: soft tissue)
+    mild_edema_vessel_gain: float  # upper-zone vessel gain at severity 1 (redistribution)
+    mild_edema_haze: float  # perihilar haze at severity 1 (0: redistribution only)
+    mild_atelectasis_half_width_cm: float  # the plate's Gaussian half-width
+    mild_atelectasis_water: float  # the plate's water per cm of aerated lung it replaces
+
+
+GENERATOR_VERSIONS = {
+    1: Conspicuity(
+        nodule_diameter_cm={1: 0.8, 2: 2.0, 3: 4.5},  # ~8 mm, ~2 cm, a 4-5 cm mass
+        nodule_density=1.0,
+        mild_edema_vessel_gain=1.6,
+        mild_edema_haze=0.0,
+        mild_atelectasis_half_width_cm=0.32,
+        mild_atelectasis_water=2.6,
+    ),
+    2: Conspicuity(
+        nodule_diameter_cm={1: 2.0, 2: 3.0, 3: 4.5},
+        nodule_density=2.0,
+        mild_edema_vessel_gain=2.4,
+        mild_edema_haze=1.0,
+        mild_atelectasis_half_width_cm=0.5,
+        mild_atelectasis_water=3.6,
+    ),
+}
+DEFAULT_GENERATOR_VERSION = 1
+
+
+def check_generator_version(version: int) -> int:
+    if version not in GENERATOR_VERSIONS:
+        raise ValueError(
+            f"unknown generator version {version!r}; known: "
+            + ", ".join(str(v) for v in GENERATOR_VERSIONS)
+        )
+    return version
 
 
 @dataclass
@@ -212,9 +264,10 @@ def consolidation(st: StaticAnatomy, lobe: str, severity: int) -> Sign:
     return Sign(mask=mask, replace=replace)
 
 
-def pulmonary_edema(st: StaticAnatomy, severity: int) -> Sign:
-    """Mild: upper-zone vessels prominent (redistribution). Moderate: + Kerley B lines,
-    peribronchial cuffing and hazy hila. Severe: + perihilar bat-wing airspace opacity."""
+def pulmonary_edema(st: StaticAnatomy, severity: int, look: Conspicuity) -> Sign:
+    """Mild: upper-zone vessels prominent (redistribution; version 2 adds a faint perihilar
+    haze). Moderate: + Kerley B lines, peribronchial cuffing and hazy hila. Severe: +
+    perihilar bat-wing airspace opacity."""
     anat = st.anatomy
     y = st.grid.y
     field = st.field_soft["right"] + st.field_soft["left"]
@@ -225,7 +278,7 @@ def pulmonary_edema(st: StaticAnatomy, severity: int) -> Sign:
         up = _ramp((hy + 0.5 - y) / 6.0) * st.side_cols_mask[side]
         low = _ramp((y - hy) / 6.0) * st.side_cols_mask[side]
         upper = np.maximum(upper, up * st.field_soft[side])
-        gain = gain + ({1: 1.6, 2: 1.8, 3: 1.8}[severity]) * up - 0.2 * low
+        gain = gain + ({1: look.mild_edema_vessel_gain, 2: 1.8, 3: 1.8}[severity]) * up - 0.2 * low
     # mild: redistribution only, so its region is the upper-zone vessels and their surround
     vessels = st.vessel_maps[0]
     near_vessels = st.lowpass_static(vessels, 0.3) > 0.08
@@ -233,6 +286,11 @@ def pulmonary_edema(st: StaticAnatomy, severity: int) -> Sign:
     water = None
     replace = None
     density = 0.0
+    if severity == 1 and look.mild_edema_haze > 0:
+        haze = st.perihilar(2.6)
+        water = (look.mild_edema_haze * haze * field).astype(np.float32)
+        density = 0.02
+        envelope = np.maximum(envelope, haze)
     if severity >= 2:
         density = 0.05 if severity == 2 else 0.08
         haze = st.perihilar(2.6)
@@ -254,7 +312,7 @@ def pulmonary_edema(st: StaticAnatomy, severity: int) -> Sign:
     )
 
 
-def atelectasis(st: StaticAnatomy, lobe: str, severity: int) -> Sign:
+def atelectasis(st: StaticAnatomy, lobe: str, severity: int, look: Conspicuity) -> Sign:
     """Mild: plate-like band. Moderate: partial collapse with fissure/hilar shift. Severe: lobar
     collapse into a dense wedge against mediastinum/hilum, with volume loss (hemidiaphragm
     elevated, mediastinum and hilum pulled toward it)."""
@@ -285,9 +343,11 @@ def atelectasis(st: StaticAnatomy, lobe: str, severity: int) -> Sign:
         band_y = level + 0.12 * (u - u0)
         along = _ramp((u - u0) / 1.0) * _ramp((u1 - u) / 1.0)
         wobble = 0.25 * np.sin(1.3 * u + anat.patient_seed % 7)
-        band = np.exp(-(((y - band_y - wobble) / 0.32) ** 2)) * along * inside
+        width = look.mild_atelectasis_half_width_cm
+        band = np.exp(-(((y - band_y - wobble) / width) ** 2)) * along * inside
         # a plate seen edge-on: a few cm of collapsed lung along the beam, not the full depth
-        water = (2.6 * band * (1.0 - anat.lung_density)).astype(np.float32)
+        water = look.mild_atelectasis_water * band * (1.0 - anat.lung_density)
+        water = water.astype(np.float32)
         return Sign(mask=band > 0.3, water=water)
     if lobe == "right_upper_lobe":
         tri = [(med - 0.3, apex - 0.5), (lat_at(apex + 5.0) - 0.8, apex + 4.5), (hu, hy - 0.6)]
@@ -314,10 +374,10 @@ def atelectasis(st: StaticAnatomy, lobe: str, severity: int) -> Sign:
     )
 
 
-def nodule(st: StaticAnatomy, lobe: str, severity: int) -> Sign:
-    """A rounded soft-tissue density: ~8 mm nodule, ~2 cm nodule, lobulated 4-5 cm mass."""
+def nodule(st: StaticAnatomy, lobe: str, severity: int, look: Conspicuity) -> Sign:
+    """A rounded density, small, medium, or a lobulated mass (sizes: ``Conspicuity``)."""
     cx, cy = nodule_center(st.anatomy, lobe)
-    r = NODULE_DIAMETER_CM[severity] / 2
+    r = look.nodule_diameter_cm[severity] / 2
     x, y = st.grid.x, st.grid.y
     blobs = [(cx, cy, r)]
     if severity == 3:  # lobulated mass
@@ -332,12 +392,19 @@ def nodule(st: StaticAnatomy, lobe: str, severity: int) -> Sign:
         d2 = (x - cx) ** 2 + (y - cy) ** 2
         sigma = 0.8 * px
         path = (4.0 / 3.0 * r**3 / sigma**2) * np.exp(-d2 / (2 * sigma**2)) / 2.0
-    water = (path * (1.0 - st.anatomy.lung_density)).astype(np.float32)
+    water = (look.nodule_density * path * (1.0 - st.anatomy.lung_density)).astype(np.float32)
     mask = water > 0.1 * float(water.max()) if water.max() > 0 else water > 0
     return Sign(mask=mask, water=water)
 
 
-def compute_sign(st: StaticAnatomy, name: str, location: str | None, severity: int) -> Sign:
+def compute_sign(
+    st: StaticAnatomy,
+    name: str,
+    location: str | None,
+    severity: int,
+    generator_version: int = DEFAULT_GENERATOR_VERSION,
+) -> Sign:
+    look = GENERATOR_VERSIONS[check_generator_version(generator_version)]
     check_location(name, location)
     check_severity(name, severity)
     if severity == 0:
@@ -351,9 +418,9 @@ def compute_sign(st: StaticAnatomy, name: str, location: str | None, severity: i
     if name == "consolidation":
         return consolidation(st, location, severity)
     if name == "pulmonary_edema":
-        return pulmonary_edema(st, severity)
+        return pulmonary_edema(st, severity, look)
     if name == "atelectasis":
-        return atelectasis(st, location, severity)
+        return atelectasis(st, location, severity, look)
     if name == "nodule":
-        return nodule(st, location, severity)
+        return nodule(st, location, severity, look)
     raise ValueError(f"no radiological sign implemented for {name!r}")

@@ -23,19 +23,31 @@ def course_dataset(
     size: int = 256,
     seed: int = 0,
     progress: bool = False,
+    generator_version: int | None = None,
 ) -> Path:
     """The simulated ICG-CXR dataset of these settings under ``PROGEMU_HOME``; made if missing.
 
     Each combination of settings has its own folder, so a fast CI run never mixes with the
     classroom copy; an interrupted generation is finished on the next call.
+    ``generator_version``: how the subtlest findings are drawn (None: the phantom's default;
+    ``progemu-lite phantom --help``).
     """
     from ..paths import progemu_home
     from ..phantom.dataset import PhantomConfig, generate
+    from ..phantom.signs import DEFAULT_GENERATOR_VERSION
 
+    version = DEFAULT_GENERATOR_VERSION if generator_version is None else generator_version
     config = PhantomConfig(
-        patients=patients, pairs_per_patient=pairs_per_patient, size=size, seed=seed
+        patients=patients,
+        pairs_per_patient=pairs_per_patient,
+        size=size,
+        seed=seed,
+        generator_version=version,
     )
+    # Version 1 folders keep the name they had before versions could be chosen.
     name = f"phantom-{patients}x{pairs_per_patient}-{size}px-seed{seed}"
+    if version != 1:
+        name += f"-generator{version}"
     out = progemu_home() / "datasets" / name
     generate(out, config, progress=progress)
     return out
