@@ -29,8 +29,8 @@ class Conspicuity:
     """How strongly the subtlest signs are drawn: what a generator version changes.
 
     Version 1 draws every sign at its physical size and density. At 128x128 (0.34 cm a pixel)
-    an 8 mm nodule then changes one or two pixels by about 10 gray levels, a 2 cm nodule about
-    25 pixels, mild edema (vessel redistribution) 3 gray levels on average over the upper
+    an 8 mm nodule then changes one or two pixels by more than 8 gray levels, a 2 cm nodule
+    about 25, mild edema (vessel redistribution) 3 gray levels on average over the upper
     zones, and a plate of atelectasis is a line a pixel or two thick: findings the annotation
     names that a reader of these images hardly sees (the model card's "What the tokenizer lets
     a reader see": a CNN trained on the pixels sees 9% of the nodules, 11% of mild edemas).
