@@ -261,6 +261,15 @@ def test_generator_versions_draw_the_same_patients_and_texts(tmp_path):
         generate(v1, PhantomConfig(12, 1, 64, 5, generator_version=2), progress=False)
 
 
+def test_help_states_the_default_generator_version(capsys):
+    from progemu_lite.phantom.signs import DEFAULT_GENERATOR_VERSION
+
+    with pytest.raises(SystemExit):
+        run_cli("phantom", "--help")
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"annotations (default {DEFAULT_GENERATOR_VERSION})" in help_text
+
+
 def test_generator_version_2_redraws_only_the_subtle_findings():
     def redrawn(state) -> bool:  # what version 2 draws differently (signs.GENERATOR_VERSIONS)
         return any(

@@ -6,8 +6,6 @@ import argparse
 import os
 from pathlib import Path
 
-from .signs import DEFAULT_GENERATOR_VERSION
-
 # Below this many pairs a worker pool costs more than it saves.
 _POOL_MIN_PAIRS = 32
 
@@ -32,11 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     phantom.add_argument(
         "--generator-version",
         type=int,
-        default=DEFAULT_GENERATOR_VERSION,
+        default=None,  # PhantomConfig's default; signs are imported only when the command runs
         help=(
             "how the subtlest findings are drawn: 1 at their physical size and density (a small "
             "nodule or mild edema hardly shows at 128x128), 2 visibly at every grade; same "
-            f"patients, texts and annotations ({DEFAULT_GENERATOR_VERSION})"
+            "patients, texts and annotations (default 1)"
         ),
     )
     phantom.add_argument(
@@ -61,7 +59,7 @@ def run_phantom(args: argparse.Namespace) -> int:
         pairs_per_patient=args.pairs_per_patient,
         size=args.size,
         seed=args.seed,
-        generator_version=args.generator_version,
+        **({} if args.generator_version is None else {"generator_version": args.generator_version}),
     )
     if args.contact_sheet is not None and args.contact_sheet.suffix.lower() != ".png":
         raise ValueError(f"--contact-sheet must name a .png file, got {args.contact_sheet}")
