@@ -642,6 +642,37 @@ def test_init_grown_deeper_starts_from_the_same_loss(trained_run, dataset, tiny_
         train(_config(dataset, tiny_vq, tmp_path / "y", grow_layers=3))
 
 
+@pytest.mark.slow
+def test_grown_layers_learn_at_their_own_rate(trained_run, dataset, tiny_vq, tmp_path):
+    """--grown-layers-lr-scale: after one step the trained layers moved exactly as without it
+    and the grown layers' zeroed output projections K times as far (Adam's first step is about
+    lr per weight); the scale is recorded, and it needs --grow-layers."""
+    import torch
+    from safetensors.torch import load_file
+
+    def one_step(name: str, scale: float) -> dict:
+        config = _config(dataset, None, tmp_path / name, init=trained_run.pipeline_dir, steps=1)
+        config.grow_layers, config.grown_layers_lr_scale, config.warmup_steps = 3, scale, 0
+        result = train(config)
+        training = json.loads((result.pipeline_dir / "progemu.json").read_text())["training"]
+        assert training["grown_layers_lr_scale"] == scale
+        return load_file(result.pipeline_dir / "model.safetensors")
+
+    plain, scaled = one_step("plain", 1.0), one_step("scaled", 10.0)
+    grown = "text_model.model.layers.2."  # 2 -> 3 layers inserts a copy of layer 1 after it
+    trained_layers = [k for k in plain if ".layers." in k and not k.startswith(grown)]
+    assert trained_layers
+    for key in trained_layers:
+        assert torch.equal(plain[key], scaled[key]), key
+    for name in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
+        ratio = scaled[grown + name].norm() / plain[grown + name].norm()
+        assert ratio == pytest.approx(10.0, rel=0.05), name
+    with pytest.raises(ValueError, match="--grown-layers-lr-scale sets the learning rate"):
+        train(_config(dataset, tiny_vq, tmp_path / "x", grown_layers_lr_scale=10.0))
+    with pytest.raises(ValueError, match="--grown-layers-lr-scale must be positive"):
+        train(_config(dataset, tiny_vq, tmp_path / "y", grown_layers_lr_scale=0.0))
+
+
 def test_interpretation_weighted_loss(trained_run, dataset, tmp_path):
     """Weight 1 is transformers' own loss; a larger weight counts the interpretation's tokens
     (after the last image end) that many times, and a weighted fine-tune runs end to end."""

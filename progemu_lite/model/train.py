@@ -61,6 +61,9 @@ class TrainConfig:
     vq: Path | None = None  # the trained VQ tokenizer folder (train-vq); with ``init``: its new VQ
     init: Path | None = None  # start from this pipeline folder (its weights, tokenizer and VQ)
     grow_layers: int | None = None  # deepen the --init decoder to this many layers first (grow.py)
+    # The grown layers' learning rate as a multiple of ``lr``: at a fine-tuning rate their zeroed
+    # output projections hardly grew (the model card's 4 -> 8 run); this gives them their own.
+    grown_layers_lr_scale: float = 1.0
     # earlier runs (or their cache folders) whose codes of identical images are copied, not encoded
     reuse_codes: Sequence[Path] = ()
     preset: str = "lite"
@@ -532,6 +535,10 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError("--reading-loss-weight must be zero (off) or positive")
     if config.grow_layers is not None and config.init is None:
         raise ValueError("--grow-layers deepens a trained model: give it with --init")
+    if not config.grown_layers_lr_scale > 0:
+        raise ValueError("--grown-layers-lr-scale must be positive")
+    if config.grown_layers_lr_scale != 1 and config.grow_layers is None:
+        raise ValueError("--grown-layers-lr-scale sets the learning rate of --grow-layers' layers")
     from progemu_lite.model.codebook_init import VISUAL_TOKEN_INITS
 
     if config.visual_token_init not in VISUAL_TOKEN_INITS:
@@ -616,6 +623,7 @@ def train(config: TrainConfig) -> TrainResult:
             f"processes = {global_batch}); lower --batch-size"
         )
     init = None
+    grown_positions: list[int] = []  # the decoder layers --grow-layers inserted
     if config.init is not None:
         import torch
 
@@ -629,7 +637,7 @@ def train(config: TrainConfig) -> TrainResult:
         if config.grow_layers is not None:
             from progemu_lite.model.grow import grow_decoder_depth
 
-            grow_decoder_depth(init.model, config.grow_layers)
+            grown_positions = grow_decoder_depth(init.model, config.grow_layers)
         if config.vq is not None:
             # A retrained tokenizer (e.g. `train-vq --init` of this pipeline's VQ) replaces the
             # pipeline's: the decoder is fine-tuned on the new codes and saved with that VQ.
@@ -679,6 +687,12 @@ def train(config: TrainConfig) -> TrainResult:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     trainable = [p for p in model.parameters() if p.requires_grad]
+    grown_params = [
+        p
+        for position in grown_positions
+        for p in model.model.text_model.layers[position].parameters()
+        if p.requires_grad
+    ]
 
     # -- schedule ---------------------------------------------------------------------------------
     steps_per_epoch = len(train_pairs) // global_batch
@@ -703,6 +717,7 @@ def train(config: TrainConfig) -> TrainResult:
         "interpretation_loss_weight": config.interpretation_loss_weight,
         "mixed_precision": accelerator.mixed_precision,
         "grow_layers": config.grow_layers,
+        "grown_layers_lr_scale": config.grown_layers_lr_scale,
         "visual_token_init": config.visual_token_init,
         "reading_loss_weight": config.reading_loss_weight,
     }
@@ -712,7 +727,15 @@ def train(config: TrainConfig) -> TrainResult:
 
         head = ReadingHead(model.config.text_config.hidden_size)
         trainable += list(head.parameters())
-    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=config.weight_decay)
+    param_groups = [{"params": trainable}]
+    if grown_params and config.grown_layers_lr_scale != 1:
+        grown_ids = {id(p) for p in grown_params}
+        param_groups = [
+            {"params": [p for p in trainable if id(p) not in grown_ids]},
+            {"params": grown_params, "lr": lr * config.grown_layers_lr_scale},
+        ]
+    # The cosine schedule scales each group's own learning rate.
+    optimizer = torch.optim.AdamW(param_groups, lr=lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
     if reading:  # prepared with the model, so that save_state/load_state keep it for --resume
         model, head, optimizer = accelerator.prepare(model, head, optimizer)
@@ -735,6 +758,7 @@ def train(config: TrainConfig) -> TrainResult:
         latest = checkpoints[-1]
         saved = json.loads((latest / _STATE_FILE).read_text())
         saved["run"].setdefault("reading_loss_weight", 0.0)  # runs from before the option
+        saved["run"].setdefault("grown_layers_lr_scale", 1.0)
         mismatched = {
             k: (saved["run"][k], v)
             for k, v in run_defining.items()

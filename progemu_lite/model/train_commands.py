@@ -45,6 +45,14 @@ def register(subparsers) -> None:
         "projections are zero, so training starts from the same predictions",
     )
     parser.add_argument(
+        "--grown-layers-lr-scale",
+        type=float,
+        default=1.0,
+        metavar="K",
+        help="train the layers --grow-layers inserts at K times --lr (1): at a fine-tuning "
+        "learning rate they stay nearly unused",
+    )
+    parser.add_argument(
         "--visual-token-init",
         choices=VISUAL_TOKEN_INITS,
         default="random",
@@ -153,6 +161,7 @@ def _train(args) -> int:
         vq=args.vq,
         init=args.init,
         grow_layers=args.grow_layers,
+        grown_layers_lr_scale=args.grown_layers_lr_scale,
         reuse_codes=tuple(args.reuse_codes),
         out=args.out,
         preset=args.preset,
