@@ -687,12 +687,6 @@ def train(config: TrainConfig) -> TrainResult:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    grown_params = [
-        p
-        for position in grown_positions
-        for p in model.model.text_model.layers[position].parameters()
-        if p.requires_grad
-    ]
 
     # -- schedule ---------------------------------------------------------------------------------
     steps_per_epoch = len(train_pairs) // global_batch
@@ -728,7 +722,13 @@ def train(config: TrainConfig) -> TrainResult:
         head = ReadingHead(model.config.text_config.hidden_size)
         trainable += list(head.parameters())
     param_groups = [{"params": trainable}]
-    if grown_params and config.grown_layers_lr_scale != 1:
+    if grown_positions and config.grown_layers_lr_scale != 1:
+        grown_params = [
+            p
+            for position in grown_positions
+            for p in model.model.text_model.layers[position].parameters()
+            if p.requires_grad
+        ]
         grown_ids = {id(p) for p in grown_params}
         param_groups = [
             {"params": [p for p in trainable if id(p) not in grown_ids]},
