@@ -18,6 +18,7 @@ from progemu_lite.model.train import (
     cpu_has_native_bf16,
     encode_pair_cache,
     load_splits,
+    oversampled_pool,
     step_indices,
     train,
     training_example,
@@ -176,6 +177,22 @@ def test_resume_matches_uninterrupted_run(dataset, tiny_vq, tmp_path):
     assert rest.cache_reused and not first.cache_reused
     assert rest.cache_path == first.cache_path
     assert rest.cache_path.stat().st_mtime_ns == cache_mtime
+
+
+@pytest.mark.slow
+def test_oversampled_run_resumes_exactly_and_keeps_its_factors(dataset, tiny_vq, tmp_path):
+    over = {"pneumothorax": 3}
+    whole = train(_config(dataset, tiny_vq, tmp_path / "whole", oversample_stable=over))
+    plain = train(_config(dataset, tiny_vq, tmp_path / "plain"))
+    assert whole.train_losses != plain.train_losses  # the pool changed which pairs a step sees
+    saved = json.loads((whole.pipeline_dir / "progemu.json").read_text())
+    assert saved["training"]["oversample_stable"] == over
+
+    train(_config(dataset, tiny_vq, tmp_path / "split", oversample_stable=over, until=3))
+    with pytest.raises(ValueError, match="oversample_stable: saved {'pneumothorax': 3}, now {}"):
+        train(_config(dataset, tiny_vq, tmp_path / "split", resume=True))
+    rest = train(_config(dataset, tiny_vq, tmp_path / "split", oversample_stable=over, resume=True))
+    assert rest.train_losses == whole.train_losses
 
 
 @pytest.mark.slow
@@ -399,6 +416,29 @@ def test_step_indices_cover_each_epoch_without_repeats():
     )
 
 
+def _stable_findings(record) -> set[str]:
+    return {a.finding for a in record.annotation or () if a.direction == "stable"}
+
+
+def test_oversampled_pool_repeats_pairs_whose_prior_holds_a_rare_stable_finding(dataset):
+    records, _ = load_splits(dataset)
+    pool = oversampled_pool(records, {"pneumothorax": 3, "pulmonary_edema": 2})
+    times = np.bincount(pool, minlength=len(records))
+    for i, record in enumerate(records):
+        stable = _stable_findings(record)
+        expected = 3 if "pneumothorax" in stable else 2 if "pulmonary_edema" in stable else 1
+        assert times[i] == expected, (record.pair_id, stable)
+    assert {3, 2, 1} <= set(times.tolist())  # the phantom set holds all three kinds of pair
+    assert np.array_equal(oversampled_pool(records, {}), np.arange(len(records)))
+
+    # a pair without an annotation (real data may lack one) is drawn once
+    bare = PairRecord(pair_id="x", folder=Path("x"), prompt="p", interpretation="i")
+    assert np.array_equal(oversampled_pool([*records, bare], {"pneumothorax": 3})[-1:], [16])
+
+    with pytest.raises(ValueError, match="no training pair's annotation holds pneumothorx"):
+        oversampled_pool(records, {"pneumothorx": 2})
+
+
 def _cli(capsys, *args) -> tuple[int, str]:
     code = cli_main(["train", *map(str, args), "--quiet"])
     return code, capsys.readouterr().err
@@ -440,6 +480,13 @@ def test_bad_input_gives_clear_errors(tmp_path, capsys, dataset, tiny_vq):
         capsys, "--data", dataset, "--vq", tiny_vq, "--out", out, *base[:4], "--batch-size", "64"
     )
     assert code == 2 and "fewer than one global batch" in err
+
+    args = ("--data", dataset, "--vq", tiny_vq, "--out", out, *base, "--oversample-stable")
+    code, err = _cli(capsys, *args, "pneumothorax=0")
+    assert code == 2 and "'pneumothorax=0': expected FINDING=TIMES" in err
+    code, err = _cli(capsys, *args, "pneumothorx=2")
+    assert code == 2 and "no training pair's annotation holds pneumothorx as stable" in err
+    assert not (out / "checkpoints").exists()
 
     reuse = ("--reuse-codes", tmp_path / "nowhere")
     code, err = _cli(capsys, "--data", dataset, "--vq", tiny_vq, "--out", out, *base, *reuse)

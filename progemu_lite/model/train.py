@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -97,6 +97,10 @@ class TrainConfig:
     # Weight of the auxiliary loss that asks the decoder to name the prior's CheXpert findings
     # at the prior's <|image end|> (progemu_lite.model.reading_loss); 0 = off, the official loss.
     reading_loss_weight: float = 0.0
+    # {finding: times}: a training pair whose prior holds that finding unchanged (annotated
+    # "stable") appears that many times in each epoch's order, so the rarest findings the
+    # interpretation must read off the prior are seen more often (oversampled_pool).
+    oversample_stable: Mapping[str, int] = field(default_factory=dict)
     progress: bool = True
 
 
@@ -431,6 +435,27 @@ def step_indices(step: int, n_pairs: int, global_batch: int, seed: int) -> tuple
     return epoch, order[within * global_batch : (within + 1) * global_batch]
 
 
+def oversampled_pool(records: Sequence, oversample: Mapping[str, int]) -> np.ndarray:
+    """The training-pair indices one epoch draws its order from: each pair once, and a pair
+    whose annotation holds a finding of ``oversample`` as ``stable`` as many times as the largest
+    such factor. Pairs without an annotation (real data may lack one) appear once."""
+    times = np.ones(len(records), dtype=np.int64)
+    matched = dict.fromkeys(oversample, 0)
+    for i, record in enumerate(records):
+        stable = {a.finding for a in record.annotation or () if a.direction == "stable"}
+        for finding, factor in oversample.items():
+            if finding in stable:
+                times[i] = max(times[i], factor)
+                matched[finding] += 1
+    unmatched = [finding for finding, count in matched.items() if count == 0]
+    if unmatched:
+        raise ValueError(
+            f"--oversample-stable: no training pair's annotation holds {', '.join(unmatched)} "
+            "as stable (finding names are the annotation's, e.g. pleural_effusion)"
+        )
+    return np.repeat(np.arange(len(records)), times)
+
+
 # ----------------------------------------------------------------------------------------------
 # The loss curve
 
@@ -539,6 +564,11 @@ def _check_config(config: TrainConfig) -> None:
         raise ValueError("--grown-layers-lr-scale must be positive")
     if config.grown_layers_lr_scale != 1 and config.grow_layers is None:
         raise ValueError("--grown-layers-lr-scale sets the learning rate of --grow-layers' layers")
+    for finding, times in config.oversample_stable.items():
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+            raise ValueError(
+                f"--oversample-stable {finding}={times!r}: the factor must be a whole number >= 1"
+            )
     from progemu_lite.model.codebook_init import VISUAL_TOKEN_INITS
 
     if config.visual_token_init not in VISUAL_TOKEN_INITS:
@@ -664,6 +694,8 @@ def train(config: TrainConfig) -> TrainResult:
     val_pairs = _pair_codes(root, val_records, codes[len(train_records) :])
     if config.max_val_pairs is not None:
         val_pairs = val_pairs[: config.max_val_pairs]
+    # What an epoch's order is drawn from: every pair once, oversampled ones more often.
+    epoch_pool = oversampled_pool(train_records, config.oversample_stable)
 
     # -- tokenizer and model ---------------------------------------------------------------------
     with accelerator.main_process_first():  # the main process trains and saves it first
@@ -689,7 +721,7 @@ def train(config: TrainConfig) -> TrainResult:
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     # -- schedule ---------------------------------------------------------------------------------
-    steps_per_epoch = len(train_pairs) // global_batch
+    steps_per_epoch = len(epoch_pool) // global_batch
     if config.steps is not None:
         total_steps = config.steps
     else:
@@ -714,6 +746,7 @@ def train(config: TrainConfig) -> TrainResult:
         "grown_layers_lr_scale": config.grown_layers_lr_scale,
         "visual_token_init": config.visual_token_init,
         "reading_loss_weight": config.reading_loss_weight,
+        "oversample_stable": dict(sorted(config.oversample_stable.items())),
     }
 
     if reading:
@@ -759,6 +792,7 @@ def train(config: TrainConfig) -> TrainResult:
         saved = json.loads((latest / _STATE_FILE).read_text())
         saved["run"].setdefault("reading_loss_weight", 0.0)  # runs from before the option
         saved["run"].setdefault("grown_layers_lr_scale", 1.0)
+        saved["run"].setdefault("oversample_stable", {})
         mismatched = {
             k: (saved["run"][k], v)
             for k, v in run_defining.items()
@@ -773,17 +807,19 @@ def train(config: TrainConfig) -> TrainResult:
 
     # -- loop ------------------------------------------------------------------------------------
     def micro_batches(step: int) -> list[dict]:
-        epoch, indices = step_indices(step, len(train_pairs), global_batch, config.seed)
-        mine = indices[accelerator.process_index :: world]  # this process's share
+        epoch, positions = step_indices(step, len(epoch_pool), global_batch, config.seed)
+        # this process's share; augmented by pool position, so a repeated pair varies
+        mine = positions[accelerator.process_index :: world]
+        pairs = [train_pairs[epoch_pool[p]] for p in mine]
         examples = [
-            training_example(train_pairs[i], builder, augmentation_rng(config.seed, epoch, i))
-            for i in mine
+            training_example(pair, builder, augmentation_rng(config.seed, epoch, p))
+            for pair, p in zip(pairs, mine, strict=True)
         ]
         batches = []
         for k in range(0, len(examples), config.batch_size):
             batch = builder.collate(examples[k : k + config.batch_size])
             if reading:
-                labels = [train_pairs[i].prior_labels for i in mine[k : k + config.batch_size]]
+                labels = [pair.prior_labels for pair in pairs[k : k + config.batch_size]]
                 batch["prior_labels"] = torch.as_tensor(np.stack(labels))
             batches.append(batch)
         return batches

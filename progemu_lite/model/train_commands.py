@@ -133,6 +133,14 @@ def register(subparsers) -> None:
         help="weight of an auxiliary loss: a linear probe on the decoder's state at the prior's "
         "<|image end|> names the prior's CheXpert findings (0 = off, the official loss)",
     )
+    parser.add_argument(
+        "--oversample-stable",
+        action="append",
+        default=[],
+        metavar="FINDING=TIMES",
+        help="a training pair whose prior holds FINDING unchanged (annotated stable, e.g. "
+        "pneumothorax=3) appears TIMES times in each epoch's order; repeatable",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=_train)
 
@@ -186,6 +194,7 @@ def _train(args) -> int:
         interpretation_loss_weight=args.interpretation_loss_weight,
         reading_loss_weight=args.reading_loss_weight,
         visual_token_init=args.visual_token_init,
+        oversample_stable=dict(map(_finding_times, args.oversample_stable)),
         progress=not args.quiet,
     )
     result = train(config)
@@ -194,6 +203,17 @@ def _train(args) -> int:
             print(f"pipeline: {result.pipeline_dir}")
         print(f"loss curve: {result.loss_curve}")
     return 0
+
+
+def _finding_times(text: str) -> tuple[str, int]:
+    """``--oversample-stable``'s FINDING=TIMES."""
+    finding, _, times = text.partition("=")
+    if not finding or not times.isdigit() or int(times) < 1:
+        raise ValueError(
+            f"--oversample-stable {text!r}: expected FINDING=TIMES with a whole number "
+            "TIMES >= 1, e.g. pneumothorax=3"
+        )
+    return finding, int(times)
 
 
 def _export(args) -> int:
