@@ -482,8 +482,10 @@ def test_bad_input_gives_clear_errors(tmp_path, capsys, dataset, tiny_vq):
     assert code == 2 and "fewer than one global batch" in err
 
     args = ("--data", dataset, "--vq", tiny_vq, "--out", out, *base, "--oversample-stable")
+    code, err = _cli(capsys, *args, "pneumothorax")
+    assert code == 2 and "'pneumothorax': expected FINDING=TIMES" in err
     code, err = _cli(capsys, *args, "pneumothorax=0")
-    assert code == 2 and "'pneumothorax=0': expected FINDING=TIMES" in err
+    assert code == 2 and "pneumothorax=0: the factor must be a whole number >= 1" in err
     code, err = _cli(capsys, *args, "pneumothorx=2")
     assert code == 2 and "no training pair's annotation holds pneumothorx as stable" in err
     assert not (out / "checkpoints").exists()
